@@ -1,0 +1,123 @@
+"""Kafka in: `pooling.events.v1` to the ledger, exactly once.
+
+Each poll batch is decided by the ledger and saved in one PostgreSQL transaction
+together with the next offset of every partition it read (DESIGN §6). On start
+the consumer seeks to those stored offsets; Kafka's own committed offsets are
+never used. A stored offset beyond a partition's end (a broker that lost its
+data) is reported and the partition is read again from its start: receipts in
+PostgreSQL recognise what was already booked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+
+from consumers.store import ledger_recorder
+from ledger.application import Inbound, Ledger, Outcome, SourcePosition
+
+log = structlog.get_logger("consumers.ingest")
+
+METADATA_WAIT_S = 30
+METADATA_RETRY_S = 0.2
+FETCH_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PositionReset:
+    topic: str
+    partition: int
+    stored_offset: int
+    end_offset: int
+
+
+class Ingestor:
+    """Reads one topic (all its partitions) into the ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        bootstrap_servers: str,
+        topic: str,
+        consumer_name: str,
+        batch_size_max: int,
+        poll_timeout_ms: int,
+    ) -> None:
+        self.ledger = ledger
+        self.topic = topic
+        self.consumer_name = consumer_name
+        self.batch_size_max = batch_size_max
+        self.poll_timeout_ms = poll_timeout_ms
+        self.resets: list[PositionReset] = []
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=batch_size_max,
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=FETCH_MAX_BYTES // 4,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        self.partitions = self._assign_all_partitions()
+        self._seek_to_stored_positions()
+
+    def _assign_all_partitions(self) -> list[TopicPartition]:
+        deadline = time.monotonic() + METADATA_WAIT_S
+        while True:
+            ids = self.consumer.partitions_for_topic(self.topic)
+            if ids:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {self.topic!r} does not exist on the broker")
+            time.sleep(METADATA_RETRY_S)
+        partitions = [TopicPartition(self.topic, p) for p in sorted(ids)]
+        self.consumer.assign(partitions)
+        return partitions
+
+    def _seek_to_stored_positions(self) -> None:
+        stored = ledger_recorder(self.ledger).select_positions(self.consumer_name)
+        ends = self.consumer.end_offsets(self.partitions)
+        for tp in self.partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            elif offset > ends[tp]:
+                reset = PositionReset(tp.topic, tp.partition, offset, ends[tp])
+                self.resets.append(reset)
+                log.error(
+                    "stored_position_beyond_end",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    stored_offset=offset,
+                    end_offset=ends[tp],
+                    action="reading the partition from its start; receipts prevent double booking",
+                )
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        log.info("ingest_positions", topic=self.topic, stored=len(stored), partitions=len(self.partitions))
+
+    def poll_once(self) -> list[Outcome]:
+        """One poll batch: decided and saved with its positions in one transaction."""
+        records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.batch_size_max)
+        if not records:
+            return []
+        batch: list[Inbound] = []
+        positions: list[tuple[str, str, int, int]] = []
+        for tp, messages in records.items():
+            for m in messages:
+                batch.append(Inbound.parse(m.value, SourcePosition(tp.topic, tp.partition, m.offset)))
+            positions.append((self.consumer_name, tp.topic, tp.partition, messages[-1].offset + 1))
+        return self.ledger.record_batch(batch, positions=positions)
+
+    def lag(self) -> int:
+        """Messages on the broker not yet read by this consumer."""
+        ends = self.consumer.end_offsets(self.partitions)
+        return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions)
+
+    def close(self) -> None:
+        self.consumer.close()

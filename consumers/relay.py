@@ -1,0 +1,190 @@
+"""Kafka out: the ledger's outcomes, from the notification log, to the outcome topics.
+
+Accepted movements go to `pooling.ledger.v1`, rejections to `pooling.rejections.v1`.
+The relay's position in the notification log is tracked in PostgreSQL after each
+flushed page. Every message carries its notification id in a header, and on
+start the relay reads the last message of each output partition, so a crash
+between a flush and its tracking record repeats nothing: each page is sent in
+order per partition and anything at or below a partition's last id is skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from ledger.aggregates import Receipt
+from ledger.application import Ledger
+
+log = structlog.get_logger("consumers.relay")
+
+RELAY_PAGE_SIZE_MAX = 2000
+TAIL_POLL_TIMEOUT_MS = 2000
+TAIL_POLL_ATTEMPTS_MAX = 5
+NOTIFICATION_HEADER = "ledger-notification-id"
+RECEIPT_TOPICS = (
+    get_topic(Receipt.Accepted),
+    get_topic(Receipt.Rejected),
+    get_topic(Receipt.ConflictingDeliveryRejected),
+)
+
+
+def partition_for(key: bytes, partition_count: int) -> int:
+    """Kafka's default partitioner (murmur2, positive), so keys land where Java clients put them."""
+    return (murmur2(key) & 0x7FFFFFFF) % partition_count
+
+
+def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str, Any]] | None:
+    """(kind, key, value) of the outcome message for a receipt event, or None."""
+    payload = event.payload if isinstance(event.payload, dict) else None
+    key = (payload or {}).get("city") or (payload or {}).get("province") or "unknown"
+    common = {
+        "event_id": event.event_id,
+        "type": event.event_type,
+        "source": event.source,
+        "ledger_notification_id": notification_id,
+    }
+    if isinstance(event, Receipt.Accepted):
+        return "ledger", key.encode(), {
+            **common,
+            "transfer": event.transfer,
+            "balances_fen": event.balances,
+            "recorded_at": event.timestamp.isoformat(),
+        }
+    if isinstance(event, (Receipt.Rejected, Receipt.ConflictingDeliveryRejected)):
+        raw = getattr(event, "raw_base64", None)
+        return "rejections", key.encode(), {
+            **common,
+            "reason": event.reason,
+            "rule": event.rule,
+            "detail": event.detail,
+            "payload": payload if payload is not None else raw,
+            "payload_encoding": "json" if payload is not None else "base64",
+            "recorded_at": event.timestamp.isoformat(),
+        }
+    return None
+
+
+class Relay:
+    """Publishes receipts from the notification log, tracked in PostgreSQL."""
+
+    def __init__(
+        self, ledger: Ledger, bootstrap_servers: str, ledger_topic: str, rejections_topic: str,
+        name: str = "relay",
+    ) -> None:
+        self.ledger = ledger
+        self.name = name
+        self.topics = {"ledger": ledger_topic, "rejections": rejections_topic}
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            retries=5,
+            max_in_flight_requests_per_connection=1,  # keeps each partition in notification order
+            linger_ms=5,
+            batch_size=256 * 1024,
+        )
+        self.partition_counts = {
+            kind: len(self._partitions(bootstrap_servers, topic)) for kind, topic in self.topics.items()
+        }
+        self.published_up_to = self._read_published_marks(bootstrap_servers)
+        self.sent_count = 0
+
+    @staticmethod
+    def _partitions(bootstrap_servers: str, topic: str) -> list[int]:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+        try:
+            for _ in range(50):
+                ids = consumer.partitions_for_topic(topic)
+                if ids:
+                    return sorted(ids)
+                consumer.poll(timeout_ms=100)
+            raise RuntimeError(f"topic {topic!r} does not exist on the broker")
+        finally:
+            consumer.close()
+
+    def _read_published_marks(self, bootstrap_servers: str) -> dict[tuple[str, int], int]:
+        """The notification id of the last message on every output partition."""
+        marks: dict[tuple[str, int], int] = {}
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        try:
+            tps = [
+                TopicPartition(topic, p)
+                for kind, topic in self.topics.items()
+                for p in range(self.partition_counts[kind])
+            ]
+            ends = consumer.end_offsets(tps)
+            tails = [tp for tp in tps if ends[tp] > 0]
+            if not tails:
+                return marks
+            consumer.assign(tails)
+            for tp in tails:
+                consumer.seek(tp, ends[tp] - 1)
+            for _ in range(TAIL_POLL_ATTEMPTS_MAX):
+                for tp, records in consumer.poll(timeout_ms=TAIL_POLL_TIMEOUT_MS).items():
+                    for record in records:
+                        for header, value in record.headers or []:
+                            if header == NOTIFICATION_HEADER:
+                                marks[(tp.topic, tp.partition)] = int(value)
+                if len(marks) == len(tails):
+                    break
+        finally:
+            consumer.close()
+        return marks
+
+    def run_once(self) -> int:
+        """Publishes one page of receipts; returns how many notifications it went through."""
+        recorder = self.ledger.recorder
+        last = recorder.max_tracking_id(self.name) or 0  # type: ignore[attr-defined]
+        page = recorder.select_notifications(last + 1, RELAY_PAGE_SIZE_MAX, topics=RECEIPT_TOPICS)
+        if not page:
+            return 0
+        self.sent_count += self._send((n.id, self.ledger.mapper.to_domain_event(n)) for n in page)
+        self.producer.flush()
+        recorder.insert_tracking(Tracking(self.name, page[-1].id))  # type: ignore[attr-defined]
+        return len(page)
+
+    def _send(self, events: Iterable[tuple[int, Any]]) -> int:
+        sent = 0
+        for notification_id, event in events:
+            message = message_for(event, notification_id)
+            if message is None:
+                continue
+            kind, key, value = message
+            topic = self.topics[kind]
+            partition = partition_for(key, self.partition_counts[kind])
+            if notification_id <= self.published_up_to.get((topic, partition), 0):
+                continue  # published before a crash, tracked after it: never twice
+            self.producer.send(
+                topic,
+                key=key,
+                value=json.dumps(value, ensure_ascii=False, sort_keys=True).encode(),
+                partition=partition,
+                headers=[(NOTIFICATION_HEADER, str(notification_id).encode())],
+            )
+            self.published_up_to[(topic, partition)] = notification_id
+            sent += 1
+        return sent
+
+    def run_until_caught_up(self) -> int:
+        total = 0
+        while done := self.run_once():
+            total += done
+        return total
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def decode_payload(message: dict[str, Any]) -> Any:
+    """The original payload of a rejection message (bytes when it was not JSON)."""
+    if message.get("payload_encoding") == "base64":
+        return base64.b64decode(message["payload"])
+    return message["payload"]

@@ -1,0 +1,117 @@
+"""PostgreSQL for the ledger: the event store, with the consumer's Kafka positions in it.
+
+`LedgerRecorder` extends eventsourcing's PostgreSQL process recorder so that a
+batch's domain events and the Kafka positions it reached are written in the
+same transaction (DESIGN §6). It also makes the event table append-only in
+PostgreSQL itself and answers "which of these receipts exist?" in one query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.utils import get_topic
+from psycopg import Cursor
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from ledger.application import Ledger
+from schemas.policy import Policy
+
+POSITIONS_TABLE = "kafka_positions"
+
+
+class LedgerRecorder(PostgresProcessRecorder):
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema, table = Identifier(self.datastore.schema), Identifier(self.events_table_name)
+        positions = Identifier(POSITIONS_TABLE)
+        guard = Identifier(f"{self.events_table_name}_append_only")
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{positions} ("
+                " consumer text NOT NULL, topic text NOT NULL, partition integer NOT NULL,"
+                " next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (consumer, topic, partition))"
+            ).format(schema=schema, positions=positions),
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{guard}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$BEGIN RAISE EXCEPTION 'the ledger event store is append-only: % refused on %',"
+                " TG_OP, TG_TABLE_NAME; END;$$"
+            ).format(schema=schema, guard=guard),
+            SQL(
+                "CREATE OR REPLACE TRIGGER {guard} BEFORE UPDATE OR DELETE ON {schema}.{table}"
+                " FOR EACH ROW EXECUTE FUNCTION {schema}.{guard}()"
+            ).format(schema=schema, table=table, guard=guard),
+            SQL(
+                "CREATE OR REPLACE TRIGGER {truncate_guard} BEFORE TRUNCATE ON {schema}.{table}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{guard}()"
+            ).format(
+                schema=schema,
+                table=table,
+                guard=guard,
+                truncate_guard=Identifier(f"{self.events_table_name}_no_truncate"),
+            ),
+        ]
+        self._upsert_position = SQL(
+            "INSERT INTO {schema}.{positions} (consumer, topic, partition, next_offset)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer, topic, partition)"
+            " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        ).format(schema=schema, positions=positions)
+        self._select_positions = SQL(
+            "SELECT topic, partition, next_offset FROM {schema}.{positions} WHERE consumer = %s"
+        ).format(schema=schema, positions=positions)
+        self._select_existing = SQL(
+            "SELECT DISTINCT originator_id FROM {schema}.{table}"
+            " WHERE originator_id = ANY(%s) AND originator_version = 1"
+        ).format(schema=schema, table=table)
+
+    def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
+        positions: Sequence[tuple[str, str, int, int]] = kwargs.get("positions", ())
+        if positions:
+            curs.executemany(self._upsert_position, positions)
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def select_positions(self, consumer: str) -> dict[tuple[str, int], int]:
+        """The next offset to read per (topic, partition), as last committed with a batch."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_positions, (consumer,))
+            return {(r["topic"], r["partition"]): r["next_offset"] for r in curs.fetchall()}
+
+    def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]:
+        if not ids:
+            return set()
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_existing, (list(ids),))
+            return {r["originator_id"] for r in curs.fetchall()}
+
+
+def postgres_env(database_url: str) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings from a libpq URL."""
+    parts = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(parts.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(parts.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(parts.get("port") or "5432"),
+        "POSTGRES_USER": str(parts.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(parts.get("password") or ""),
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "4",
+        "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
+        "CREATE_TABLE": "y",
+    }
+
+
+def open_ledger(database_url: str, seed_policy: Policy | None = None) -> Ledger:
+    """The ledger on the PostgreSQL database at `database_url` (tables created if missing)."""
+    return Ledger(env=postgres_env(database_url), seed_policy=seed_policy)
+
+
+def ledger_recorder(ledger: Ledger) -> LedgerRecorder:
+    assert isinstance(ledger.recorder, LedgerRecorder), "the ledger is not on PostgreSQL"
+    return ledger.recorder

@@ -1,0 +1,423 @@
+"""The ledger: a thin set of use cases over the aggregates (get, decide, save).
+
+`Ledger.record_batch` takes a batch of upstream messages in order and, for each,
+records its fate in a `Receipt`: accepted with the transfer it booked, rejected
+with a reason code, or recognised as a re-delivery. Everything a batch changes is
+saved in one call, hence one database transaction, together with whatever the
+caller passes as `save_kwargs` (the consumer passes its Kafka positions).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+from uuid import UUID, uuid5
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from ledger import accounts, movements
+from ledger.aggregates import POLICY_BOOK_ID, Fund, PolicyBook, Receipt, position_receipt_id, receipt_id
+from ledger.clock import business_date_of
+from ledger.errors import Reason, Rejected
+from ledger.policy import load_packaged_policy
+from schemas.events import (
+    ClaimPaid,
+    ContributionReceived,
+    InterestCredited,
+    InvalidJson,
+    InvalidSchema,
+    OpeningBalanceRecorded,
+    SubsidyDisbursed,
+    UpstreamEvent,
+    parse_event,
+)
+from schemas.policy import Policy
+
+log = structlog.get_logger("ledger")
+
+#: How often a batch is retried when another writer saved the same aggregate first.
+SAVE_ATTEMPTS_MAX = 8
+#: Fund snapshots keep aggregate reconstruction bounded however long the history.
+FUND_SNAPSHOT_INTERVAL = 1000
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One upstream message: parsed, or with the reason it could not be."""
+
+    raw: bytes
+    position: SourcePosition | None = None
+    event: UpstreamEvent | None = None
+    error: InvalidJson | InvalidSchema | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes, position: SourcePosition | None = None) -> Inbound:
+        try:
+            return cls(raw, position, event=parse_event(raw))
+        except (InvalidJson, InvalidSchema) as error:
+            return cls(raw, position, error=error)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["accepted", "rejected", "duplicate"]
+    event_id: str | None
+    event_type: str | None
+    reason: str | None = None
+    detail: str | None = None
+    position: SourcePosition | None = None
+
+
+@runtime_checkable
+class FindsOriginators(Protocol):
+    """A recorder that can tell in one query which aggregates exist (PostgreSQL)."""
+
+    def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]: ...
+
+
+@dataclass
+class _WorkingSet:
+    """The aggregates one batch reads and changes; saved together or not at all."""
+
+    ledger: Ledger
+    stored_receipt_ids: set[UUID]
+    aggregates: dict[UUID, Aggregate] = field(default_factory=dict)
+
+    def get(self, id: UUID, create: Callable[[], Aggregate] | None = None) -> Aggregate | None:
+        if id not in self.aggregates:
+            try:
+                self.aggregates[id] = self.ledger.repository.get(id)
+            except AggregateNotFoundError:
+                if create is None:
+                    return None
+                self.aggregates[id] = create()
+        return self.aggregates[id]
+
+    def fund(self, account: str) -> Fund:
+        fund = self.get(accounts.fund_id(account), lambda: Fund.open(account))
+        assert isinstance(fund, Fund)
+        return fund
+
+    def receipt(self, id: UUID) -> Receipt | None:
+        if id in self.aggregates or id in self.stored_receipt_ids:
+            receipt = self.get(id)
+            assert isinstance(receipt, Receipt)
+            return receipt
+        return None
+
+    def add(self, aggregate: Aggregate) -> None:
+        self.aggregates[aggregate.id] = aggregate
+
+
+class Ledger(Application[UUID]):
+    """The provincial pooling ledger."""
+
+    name = "Ledger"
+    snapshotting_intervals = {Fund: FUND_SNAPSHOT_INTERVAL}
+    env = {"AGGREGATE_CACHE_MAXSIZE": "5000", "AGGREGATE_CACHE_FASTFORWARD": "n"}
+
+    def __init__(self, env: dict[str, str] | None = None, seed_policy: Policy | None = None):
+        super().__init__(env)
+        self.seed_policy = seed_policy or load_packaged_policy()
+        self._handlers: dict[str, Callable[[Any, Policy, _WorkingSet], Any]] = {
+            "ContributionReceived": self._contribution,
+            "SubsidyDisbursed": self._subsidy,
+            "ClaimPaid": self._claim,
+            "InterestCredited": self._interest,
+            "OpeningBalanceRecorded": self._opening,
+        }
+
+    # -- use cases ------------------------------------------------------------
+
+    def record_batch(self, batch: Sequence[Inbound], **save_kwargs: Any) -> list[Outcome]:
+        """Decides every message of `batch` in order and saves all of it in one transaction."""
+        for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
+            work = _WorkingSet(self, self._stored_receipts(batch))
+            outcomes = [self._record_one(inbound, work) for inbound in batch]
+            try:
+                self.save(*work.aggregates.values(), **save_kwargs)
+            except IntegrityError:
+                # Another writer saved one of our aggregates first: decide again on fresh state.
+                log.warning("batch_conflict_retry", attempt=attempt, size=len(batch))
+                self._forget_cached_aggregates()
+                continue
+            return outcomes
+        raise RuntimeError(f"batch still conflicting after {SAVE_ATTEMPTS_MAX} attempts")
+
+    def receipt(self, event_id: str) -> Receipt | None:
+        try:
+            found = self.repository.get(receipt_id(event_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(found, Receipt)
+        return found
+
+    def fund(self, account: str) -> Fund | None:
+        try:
+            found = self.repository.get(accounts.fund_id(account))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(found, Fund)
+        return found
+
+    def policy_book(self) -> PolicyBook | None:
+        try:
+            found = self.repository.get(POLICY_BOOK_ID)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(found, PolicyBook)
+        return found
+
+    # -- one message ----------------------------------------------------------
+
+    def _record_one(self, inbound: Inbound, work: _WorkingSet) -> Outcome:
+        fields = _receipt_fields(inbound)
+        rid = _receipt_id_of(inbound, fields["event_id"])
+        prior = work.receipt(rid)
+        if prior is not None:
+            return self._redelivered(prior, fields, inbound)
+        if inbound.event is None:
+            assert inbound.error is not None
+            reason = Reason.invalid_json if isinstance(inbound.error, InvalidJson) else Reason.invalid_schema
+            return self._reject(rid, fields, Rejected(reason, "I2", inbound.error.detail), work, inbound)
+        try:
+            transfer, balances = self._decide(inbound.event, work)
+        except Rejected as rejection:
+            return self._reject(rid, fields, rejection, work, inbound)
+        work.add(Receipt.accept(rid, transfer=transfer, balances=balances, **fields))
+        return Outcome("accepted", fields["event_id"], fields["event_type"], position=inbound.position)
+
+    def _redelivered(self, prior: Receipt, fields: dict[str, Any], inbound: Inbound) -> Outcome:
+        if prior.is_same_delivery(fields["payload_sha256"]):
+            return Outcome("duplicate", fields["event_id"], fields["event_type"], position=inbound.position)
+        rejection = Rejected(
+            Reason.event_id_conflict,
+            "I1",
+            f"event_id {fields['event_id']} was already {prior.status} with a different payload; "
+            "a new fact needs a new event_id",
+        )
+        prior.reject_conflicting_delivery(
+            event_id=fields["event_id"],
+            event_type=fields["event_type"],
+            payload_sha256=fields["payload_sha256"],
+            payload=fields["payload"],
+            source=fields["source"],
+            reason=rejection.reason.value,
+            rule=rejection.rule,
+            detail=rejection.detail,
+        )
+        return self._rejected_outcome(fields, rejection, inbound)
+
+    def _reject(
+        self, rid: UUID, fields: dict[str, Any], rejection: Rejected, work: _WorkingSet, inbound: Inbound
+    ) -> Outcome:
+        work.add(
+            Receipt.reject(
+                rid,
+                reason=rejection.reason.value,
+                rule=rejection.rule,
+                detail=rejection.detail,
+                raw_base64=None if fields["payload"] is not None else base64.b64encode(inbound.raw).decode(),
+                **fields,
+            )
+        )
+        return self._rejected_outcome(fields, rejection, inbound)
+
+    @staticmethod
+    def _rejected_outcome(fields: dict[str, Any], rejection: Rejected, inbound: Inbound) -> Outcome:
+        log.warning(
+            "event_rejected",
+            event_id=fields["event_id"],
+            event_type=fields["event_type"],
+            reason=rejection.reason.value,
+            rule=rejection.rule,
+            detail=rejection.detail,
+            source=fields["source"],
+        )
+        return Outcome(
+            "rejected",
+            fields["event_id"],
+            fields["event_type"],
+            reason=rejection.reason.value,
+            detail=rejection.detail,
+            position=inbound.position,
+        )
+
+    # -- decisions -----------------------------------------------------------
+
+    def _decide(self, event: UpstreamEvent, work: _WorkingSet) -> tuple[dict[str, Any], dict[str, int]]:
+        policy = self._policy_in_force(event, work)
+        self.check_known_codes(event, policy)
+        handler = self._handlers.get(event.type)
+        if handler is None:
+            raise Rejected(
+                Reason.policy_violation,
+                "-",
+                f"{event.type} is not enforced by this version of the ledger yet; nothing was booked",
+            )
+        transfer: movements.Transfer = handler(event, policy, work)
+        return transfer.as_booking(), self._balances_after(transfer, work)
+
+    def _policy_in_force(self, event: UpstreamEvent, work: _WorkingSet) -> Policy:
+        book = work.get(POLICY_BOOK_ID, self._seeded_policy_book)
+        assert isinstance(book, PolicyBook)
+        day = business_date_of(event.occurred_at)
+        policy = book.timeline.in_force(day)
+        if policy is None:
+            raise Rejected(Reason.policy_violation, "M2", f"no policy is in force on {day}")
+        return policy
+
+    def _seeded_policy_book(self) -> PolicyBook:
+        book = PolicyBook.start()
+        book.adopt(self.seed_policy, event_id=f"seed:{self.seed_policy.name}")
+        return book
+
+    @staticmethod
+    def check_known_codes(event: UpstreamEvent, policy: Policy) -> None:
+        """I2: the province and city codes are the policy's."""
+        if event.province != policy.province:
+            raise Rejected(
+                Reason.unknown_city,
+                "I2",
+                f"province {event.province} is not {policy.province}, the province of policy {policy.name!r}",
+            )
+        city = getattr(event, "city", None)
+        if city is not None and city not in policy.cities:
+            raise Rejected(Reason.unknown_city, "I2", f"city {city} is not in policy {policy.name!r}")
+
+    @staticmethod
+    def check_subsidised_scheme(event: SubsidyDisbursed, policy: Policy) -> None:
+        """E5: fiscal subsidies go to the subsidised schemes only (resident by default)."""
+        if event.scheme not in policy.subsidised_schemes:
+            allowed = ", ".join(s.value for s in policy.subsidised_schemes)
+            raise Rejected(
+                Reason.earmark_violation,
+                "E5",
+                f"subsidies may go to the {allowed} scheme only, not {event.scheme.value}",
+            )
+
+    def _contribution(self, e: ContributionReceived, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        return self._book(movements.contribution(e), work)
+
+    def _subsidy(self, e: SubsidyDisbursed, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        self.check_subsidised_scheme(e, policy)
+        return self._book(movements.subsidy(e), work)
+
+    def _claim(self, e: ClaimPaid, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        return self._book(movements.claim(e), work)
+
+    def _interest(self, e: InterestCredited, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        return self._book(movements.interest(e), work)
+
+    def _opening(self, e: OpeningBalanceRecorded, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        transfer = movements.opening(e)
+        fund = work.fund(transfer.credit_account)
+        fund.check_opening_comes_first()
+        fund.record_opening(transfer.as_booking(), e.previous_year_income_fen, e.fiscal_year)
+        return transfer
+
+    def _book(self, transfer: movements.Transfer, work: _WorkingSet) -> movements.Transfer:
+        """Books both legs, after checking every rule on every fund it touches."""
+        violation = accounts.edge_violation(transfer.debit_account, transfer.credit_account)
+        if violation is not None:
+            raise Rejected(Reason.earmark_violation, "E3", violation)
+        booking = transfer.as_booking()
+        funds = [work.fund(a) for a in (transfer.debit_account, transfer.credit_account) if accounts.is_fund(a)]
+        for fund in funds:
+            fund.check_stays_non_negative(fund.delta_fen(booking))
+        for fund in funds:
+            fund.book(booking)
+        return transfer
+
+    @staticmethod
+    def _balances_after(transfer: movements.Transfer, work: _WorkingSet) -> dict[str, int]:
+        return {
+            a: work.fund(a).balance_fen
+            for a in (transfer.debit_account, transfer.credit_account)
+            if accounts.is_fund(a)
+        }
+
+    # -- infrastructure seams -----------------------------------------------
+
+    def _stored_receipts(self, batch: Sequence[Inbound]) -> set[UUID]:
+        ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
+        if isinstance(self.recorder, FindsOriginators):
+            return self.recorder.select_existing_originators(ids)
+        return {i for i in ids if self.recorder.select_events(i, limit=1)}
+
+    def _forget_cached_aggregates(self) -> None:
+        self._repository = self.construct_repository()
+
+    def notifications(self, topics: Sequence[str] = (), page_size: int = 10_000) -> Iterator[Any]:
+        """Every recorded domain event in notification order (the auditor's replay)."""
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, page_size, topics=topics)
+            if not page:
+                return
+            for notification in page:
+                yield notification.id, self.mapper.to_domain_event(notification)
+            start = page[-1].id + 1
+
+
+def _event_id_of(inbound: Inbound) -> str | None:
+    if inbound.event is not None:
+        return str(inbound.event.event_id)
+    if isinstance(inbound.error, InvalidSchema) and inbound.error.event_id:
+        return inbound.error.event_id
+    return None
+
+
+def _receipt_id_of(inbound: Inbound, event_id: str | None) -> UUID:
+    if event_id is not None:
+        return receipt_id(event_id)
+    p = inbound.position
+    if p is None:  # not from Kafka: the bytes themselves are the only identity it has
+        return uuid5(accounts.LEDGER_NAMESPACE, "raw:" + hashlib.sha256(inbound.raw).hexdigest())
+    return position_receipt_id(p.topic, p.partition, p.offset)
+
+
+def _receipt_fields(inbound: Inbound) -> dict[str, Any]:
+    """What every receipt keeps of the message it decides."""
+    payload: dict[str, Any] | None
+    if inbound.event is not None:
+        payload = inbound.event.model_dump(mode="json")
+        digest = hashlib.sha256(inbound.event.model_dump_json().encode()).hexdigest()
+        event_type: str | None = inbound.event.type
+    else:
+        payload = _json_object_or_none(inbound.raw)
+        digest = hashlib.sha256(inbound.raw).hexdigest()
+        event_type = getattr(inbound.error, "event_type", None)
+    return {
+        "event_id": _event_id_of(inbound),
+        "event_type": event_type,
+        "payload_sha256": digest,
+        "payload": payload,
+        "source": inbound.position.as_dict() if inbound.position else None,
+    }
+
+
+def _json_object_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+

@@ -1,0 +1,45 @@
+"""Rejections: every rule breach is one exception carrying its stable reason code."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """The stable reason codes of `pooling.rejections.v1` (DESIGN §3, contract)."""
+
+    invalid_json = "invalid_json"
+    invalid_schema = "invalid_schema"
+    unknown_city = "unknown_city"
+    insufficient_funds = "insufficient_funds"
+    over_budget = "over_budget"
+    deficit_budget = "deficit_budget"
+    cumulative_deficit_budget = "cumulative_deficit_budget"
+    extraction_cap_exceeded = "extraction_cap_exceeded"
+    extraction_paused = "extraction_paused"
+    phase_not_active = "phase_not_active"
+    earmark_violation = "earmark_violation"
+    period_closed = "period_closed"
+    unknown_original = "unknown_original"
+    already_reversed = "already_reversed"
+    event_id_conflict = "event_id_conflict"
+    policy_violation = "policy_violation"
+    allocation_exceeds_share = "allocation_exceeds_share"
+    opening_balance_exists = "opening_balance_exists"
+
+
+class Rejected(Exception):
+    """An event breaks a rule: nothing of it is booked.
+
+    `rule` is the id in RULES.md; `detail` tells a person what to do about it;
+    `facts` carries the figures behind the decision (e.g. the allowed maximum).
+    """
+
+    def __init__(
+        self, reason: Reason, rule: str, detail: str, facts: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(f"{reason.value} ({rule}): {detail}")
+        self.reason = reason
+        self.rule = rule
+        self.detail = detail
+        self.facts = facts or {}

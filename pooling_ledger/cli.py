@@ -1,0 +1,212 @@
+"""`pooling-ledger`: the command line of the provincial pooling ledger."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pooling_ledger.logs import configure_logging
+from pooling_ledger.settings import Settings
+
+app = typer.Typer(
+    help=(
+        "Event-sourced ledger of a province's basic medical insurance funds under provincial "
+        "pooling. Configuration comes from environment variables (DATABASE_URL, "
+        "KAFKA_BOOTSTRAP_SERVERS, POOLING_*); unset service URLs mean the embedded servers."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+schemas_app = typer.Typer(help="The wire contract's JSON Schema files.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _stop_flag() -> list[bool]:
+    """A flag set by SIGTERM/SIGINT: the current batch finishes, then the loop stops."""
+    flag = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        flag[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return flag
+
+
+@app.command()
+def demo(
+    events_per_city: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Movements per city in the simulated month.")
+    ] = 150,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a simulated month of the 16 Anhui cities through Kafka and the ledger, and print the result.
+
+    Starts the embedded PostgreSQL and Kafka-protocol broker (unless DATABASE_URL /
+    KAFKA_BOOTSTRAP_SERVERS are set), publishes the month's events with a few bad and
+    duplicate ones, consumes them into the ledger, and prints per-city balances, the
+    rejections by reason (read back from pooling.rejections.v1) and the trial balance.
+    """
+    from pooling_ledger.demo import run_demo
+
+    run_demo(_settings(), events_per_city=events_per_city, seed=seed, as_json=as_json)
+
+
+@app.command()
+def consume(
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(help="Stop once no message arrived for this many seconds and the lag is 0."),
+    ] = None,
+) -> None:
+    """Consume pooling.events.v1 into the ledger and publish outcomes, until SIGTERM/SIGINT.
+
+    Each poll batch is saved with its Kafka positions in one PostgreSQL transaction; a
+    restart continues from the stored positions, so nothing is lost or booked twice.
+    """
+    from consumers.ingest import Ingestor
+    from consumers.relay import Relay
+    from consumers.runner import consume as consume_loop
+    from consumers.store import open_ledger
+    from pooling_ledger.services import database, kafka
+
+    settings = _settings()
+    stop = _stop_flag()
+    with database(settings) as url, kafka(settings) as bootstrap:
+        ledger = open_ledger(url, _seed_policy(settings))
+        ingestor = Ingestor(
+            ledger, bootstrap, settings.events_topic, settings.consumer_group,
+            settings.batch_size_max, settings.poll_timeout_ms,
+        )
+        relay = Relay(ledger, bootstrap, settings.ledger_topic, settings.rejections_topic)
+        try:
+            stats = consume_loop(ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit)
+        finally:
+            ingestor.close()
+            relay.close()
+            ledger.close()
+    typer.echo(json.dumps({"batches": stats.batches, **dict(stats.outcomes)}))
+
+
+@app.command()
+def publish(
+    file: Annotated[Path, typer.Argument(help="JSON Lines file: one upstream event per line.")],
+    topic: Annotated[str | None, typer.Option(help="Topic (default POOLING_EVENTS_TOPIC).")] = None,
+) -> None:
+    """Publish upstream events from a JSON Lines file to pooling.events.v1, keyed by city.
+
+    Lines are sent as they are (the ledger validates and rejects with reasons); the key
+    is the line's `city`, or its `province` for province-level events.
+    """
+    from kafka import KafkaProducer
+
+    from pooling_ledger.services import ServiceUnavailable, kafka
+    from pooling_ledger.simulate import key_of
+
+    settings = _settings()
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    try:
+        with kafka(settings, start=False) as bootstrap:
+            producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+            count = 0
+            with file.open("rb") as lines:
+                for line in lines:
+                    raw = line.rstrip(b"\r\n")
+                    if not raw.strip():
+                        continue
+                    try:
+                        parsed = json.loads(raw)
+                        key = key_of(parsed) if isinstance(parsed, dict) else b""
+                    except ValueError:
+                        key = b""
+                    producer.send(topic or settings.events_topic, key=key or None, value=raw)
+                    count += 1
+            producer.flush()
+            producer.close()
+    except ServiceUnavailable as error:
+        _fail(str(error))
+    typer.echo(json.dumps({"published": count, "topic": topic or settings.events_topic}))
+
+
+@app.command()
+def balances(
+    as_json: JsonFlag = False,
+    as_of: Annotated[
+        datetime | None, typer.Option(help="Business time (RFC 3339 with offset); default: now.")
+    ] = None,
+) -> None:
+    """Every account's balance (the trial balance), replayed from the event store; sums to zero."""
+    from consumers.store import open_ledger
+    from ledger.audit import fold
+
+    settings = _settings()
+    if as_of is not None and as_of.tzinfo is None:
+        _fail("--as-of needs an offset, e.g. 2025-03-31T23:59:59+08:00")
+    from pooling_ledger.services import database
+
+    with database(settings) as url:
+        ledger = open_ledger(url, _seed_policy(settings))
+        from ledger.audit import FUND_EVENT_TOPICS
+
+        trial = fold((e for _, e in ledger.notifications(FUND_EVENT_TOPICS)), as_of=as_of)
+        ledger.close()
+    if as_json:
+        typer.echo(json.dumps(trial.as_json(), ensure_ascii=False, indent=2))
+        return
+    for row in trial.as_json()["accounts"]:
+        typer.echo(f"{row['account']:<55} {row['balance_fen']:>20,}")
+    typer.echo(f"{'total (must be 0)':<55} {trial.total_fen:>20,}")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Target folder (default: the package's schemas/json).")
+    ] = None,
+) -> None:
+    """Write one JSON Schema file per event type (and the envelope and policy)."""
+    from schemas.export import default_schema_dir, export_json_schemas
+
+    target = directory or default_schema_dir()
+    written = export_json_schemas(target)
+    typer.echo(f"wrote {len(written)} schema files to {target}")
+
+
+def _seed_policy(settings: Settings) -> Any:
+    from ledger.policy import load_packaged_policy, load_policy_file
+
+    if settings.policy_file is None:
+        return load_packaged_policy()
+    if not settings.policy_file.is_file():
+        _fail(f"POOLING_POLICY_FILE={settings.policy_file}: no such file")
+    return load_policy_file(settings.policy_file)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="pooling-ledger")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

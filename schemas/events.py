@@ -1,0 +1,389 @@
+"""Wire contract of topic `pooling.events.v1`: one JSON object (UTF-8) per message.
+
+Every message carries the envelope (`Envelope`) plus the fields of its `type`.
+Validation is strict where the ledger's correctness depends on it:
+
+* money is an integer number of fen (`*_fen`); a JSON float (`100.0`), a string
+  (`"100"`) or a boolean is rejected;
+* timestamps are RFC 3339 strings with an offset; dates are `YYYY-MM-DD`;
+  `event_id` is a hyphenated UUID string;
+* unknown fields are rejected (`extra="forbid"`), so a typo cannot pass silently.
+
+`parse_event` turns raw bytes into a typed event, raising `InvalidJson` or
+`InvalidSchema` (both `ValueError`) with a human-readable `detail`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from schemas.policy import (
+    AllocationReason,
+    ClaimCategory,
+    DivisionCode,
+    HospitalLevel,
+    PayerKind,
+    Policy,
+    PositiveFen,
+    Scheme,
+    SubsidyLevel,
+)
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "AdjustmentFundAllocated",
+    "AdjustmentFundExtracted",
+    "BudgetAdjusted",
+    "BudgetApproved",
+    "ClaimPaid",
+    "ContributionReceived",
+    "Envelope",
+    "EventReversed",
+    "FiscalYearClosed",
+    "InterestCredited",
+    "InvalidJson",
+    "InvalidSchema",
+    "OpeningBalanceRecorded",
+    "PolicyAdopted",
+    "SubsidyDisbursed",
+    "UpstreamEvent",
+    "parse_event",
+]
+
+SCHEMA_VERSION = 1
+
+# --------------------------------------------------------------------------- types
+
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_UUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+
+
+def _rfc3339(value: Any) -> Any:
+    # pydantic alone would also take Unix timestamps (numbers or numeric strings)
+    # and a space separator; the contract says RFC 3339.
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _RFC3339.match(value):
+        return value
+    raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2025-01-31T09:30:00+08:00")
+
+
+def _iso_date(value: Any) -> Any:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.match(value):
+        return value
+    raise ValueError("must be a date in the form YYYY-MM-DD")
+
+
+def _uuid(value: Any) -> Any:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str) and _UUID.match(value):
+        return value
+    raise ValueError("must be a UUID string, e.g. 0b9c6f2e-3d1a-4c56-9e7f-1a2b3c4d5e6f")
+
+
+def _strict_int(value: Any) -> Any:
+    # `Literal[1]` alone accepts 1.0 and true.
+    if type(value) is not int:
+        raise ValueError("must be an integer")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+EventId = Annotated[UUID, BeforeValidator(_uuid)]
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_strict_int)]
+NonNegativeFen = Annotated[int, Field(strict=True, ge=0)]
+Headcount = Annotated[int, Field(strict=True, gt=0)]
+FiscalYear = Annotated[int, Field(strict=True, ge=2000, le=2100)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"\S")]
+
+
+# -------------------------------------------------------------------------- models
+
+
+class Envelope(BaseModel):
+    """Fields every message carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: EventId = Field(description="Producer's idempotency key.")
+    type: str = Field(description="Event type (discriminator).")
+    schema_version: SchemaVersion = Field(description="Wire-contract version; must be 1.")
+    occurred_at: Timestamp = Field(description="Business time, RFC 3339 with an offset.")
+    source: Source = Field(description="Producing service, e.g. tax.anhui.")
+    province: DivisionCode = Field(description="6-digit division code, e.g. 340000.")
+
+    def payload(self) -> dict[str, Any]:
+        """The canonical JSON-able dict of this event."""
+        return self.model_dump(mode="json")
+
+
+class ContributionReceived(Envelope):
+    """A contribution (employer or individual) collected into a city's fund."""
+
+    type: Literal["ContributionReceived"]
+    city: DivisionCode
+    scheme: Scheme
+    payer_kind: PayerKind
+    amount_fen: PositiveFen
+    headcount: Headcount | None = None
+
+
+class SubsidyDisbursed(Envelope):
+    """A fiscal subsidy paid into a city's fund (resident scheme by policy)."""
+
+    type: Literal["SubsidyDisbursed"]
+    city: DivisionCode
+    scheme: Scheme
+    level: SubsidyLevel
+    amount_fen: PositiveFen
+    headcount: Headcount | None = None
+
+
+class ClaimPaid(Envelope):
+    """A benefit paid out for one claim; `amount_fen` never exceeds `eligible_fen`."""
+
+    type: Literal["ClaimPaid"]
+    city: DivisionCode
+    scheme: Scheme
+    claim_id: Identifier
+    institution_id: Identifier
+    hospital_level: HospitalLevel
+    category: ClaimCategory
+    eligible_fen: PositiveFen
+    amount_fen: PositiveFen
+
+    @model_validator(mode="after")
+    def _payout_within_eligible(self) -> ClaimPaid:
+        if self.amount_fen > self.eligible_fen:
+            raise ValueError(
+                f"amount_fen ({self.amount_fen}) must not exceed eligible_fen ({self.eligible_fen})"
+            )
+        return self
+
+
+class InterestCredited(Envelope):
+    """Interest credited to a city's fund, or (no `city`) to the provincial adjustment fund."""
+
+    type: Literal["InterestCredited"]
+    city: DivisionCode | None = None
+    scheme: Scheme
+    amount_fen: PositiveFen
+
+
+class OpeningBalanceRecorded(Envelope):
+    """The balance a fund starts a fiscal year with (no `city`: the province fund)."""
+
+    type: Literal["OpeningBalanceRecorded"]
+    city: DivisionCode | None = None
+    scheme: Scheme
+    balance_fen: NonNegativeFen
+    previous_year_income_fen: NonNegativeFen
+    fiscal_year: FiscalYear
+
+
+class BudgetApproved(Envelope):
+    """A city's approved budget for a fiscal year."""
+
+    type: Literal["BudgetApproved"]
+    city: DivisionCode
+    scheme: Scheme
+    fiscal_year: FiscalYear
+    income_fen: NonNegativeFen
+    expenditure_fen: NonNegativeFen
+
+
+class BudgetAdjusted(Envelope):
+    """A city's adjusted budget for a fiscal year (replaces the approved figures)."""
+
+    type: Literal["BudgetAdjusted"]
+    city: DivisionCode
+    scheme: Scheme
+    fiscal_year: FiscalYear
+    income_fen: NonNegativeFen
+    expenditure_fen: NonNegativeFen
+
+
+class AdjustmentFundExtracted(Envelope):
+    """Money moved from a city's fund into the provincial adjustment fund."""
+
+    type: Literal["AdjustmentFundExtracted"]
+    city: DivisionCode
+    scheme: Scheme
+    fiscal_year: FiscalYear
+    amount_fen: PositiveFen
+
+
+class AdjustmentFundAllocated(Envelope):
+    """Money moved from the provincial adjustment fund to a city with a gap."""
+
+    type: Literal["AdjustmentFundAllocated"]
+    city: DivisionCode
+    scheme: Scheme
+    fiscal_year: FiscalYear
+    gap_fen: PositiveFen
+    reason: AllocationReason
+    amount_fen: PositiveFen
+
+
+class FiscalYearClosed(Envelope):
+    """A fund's fiscal year is closed (no `city`: the province fund)."""
+
+    type: Literal["FiscalYearClosed"]
+    city: DivisionCode | None = None
+    scheme: Scheme
+    fiscal_year: FiscalYear
+
+
+class EventReversed(Envelope):
+    """Cancels an earlier event, identified by its `event_id`."""
+
+    type: Literal["EventReversed"]
+    original_event_id: EventId
+    reason: Reason
+
+
+class PolicyAdopted(Envelope):
+    """A policy in force from `effective_from` (China Standard Time)."""
+
+    type: Literal["PolicyAdopted"]
+    policy: Policy
+    effective_from: IsoDate
+
+
+UpstreamEvent = Annotated[
+    (
+        ContributionReceived
+        | SubsidyDisbursed
+        | ClaimPaid
+        | InterestCredited
+        | OpeningBalanceRecorded
+        | BudgetApproved
+        | BudgetAdjusted
+        | AdjustmentFundExtracted
+        | AdjustmentFundAllocated
+        | FiscalYearClosed
+        | EventReversed
+        | PolicyAdopted
+    ),
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[Envelope]] = {
+    cls.__name__: cls
+    for cls in (
+        ContributionReceived,
+        SubsidyDisbursed,
+        ClaimPaid,
+        InterestCredited,
+        OpeningBalanceRecorded,
+        BudgetApproved,
+        BudgetAdjusted,
+        AdjustmentFundExtracted,
+        AdjustmentFundAllocated,
+        FiscalYearClosed,
+        EventReversed,
+        PolicyAdopted,
+    )
+}
+
+_ADAPTER: TypeAdapter[UpstreamEvent] = TypeAdapter(UpstreamEvent)
+
+# ---------------------------------------------------------------------- parsing
+
+
+class InvalidJson(ValueError):
+    """The message is not UTF-8 JSON."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidSchema(ValueError):
+    """The message is JSON but does not match the contract."""
+
+    def __init__(
+        self, detail: str, *, event_id: str | None = None, event_type: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.event_id = event_id
+        self.event_type = event_type
+
+
+def _describe(error: ErrorDetails) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "union_tag_not_found":
+        return "type: Field required"
+    if kind == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        allowed = ", ".join(EVENT_TYPES)
+        return f"type: unknown event type {tag!r}; expected one of: {allowed}"
+    if not loc and kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "message is not a JSON object"
+    if loc and loc[0] in EVENT_TYPES:  # the discriminated union's tag
+        loc = loc[1:]
+    msg = error["msg"]
+    if kind == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    path = ".".join(str(part) for part in loc)
+    return f"{path}: {msg}" if path else msg
+
+
+def _schema_error(raw: bytes, exc: ValidationError) -> InvalidSchema:
+    detail = "; ".join(_describe(error) for error in exc.errors(include_url=False))
+    event_id = event_type = None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        if isinstance(obj.get("event_id"), str):
+            event_id = obj["event_id"]
+        if isinstance(obj.get("type"), str):
+            event_type = obj["type"]
+    return InvalidSchema(detail, event_id=event_id, event_type=event_type)
+
+
+def parse_event(raw: bytes) -> UpstreamEvent:
+    """Parse one message of `pooling.events.v1`.
+
+    Raises `InvalidJson` when `raw` is not UTF-8 JSON and `InvalidSchema` when it is
+    JSON but not a valid event (including a JSON value that is not an object).
+    """
+    try:
+        return _ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            detail = errors[0].get("ctx", {}).get("error", errors[0]["msg"])
+            raise InvalidJson(f"invalid JSON: {detail}") from None
+        raise _schema_error(raw, exc) from None
