@@ -1,0 +1,118 @@
+"""Test support for the Kafka → ledger → Kafka pipeline: publishing, consuming, expected totals.
+
+Expected balances are computed here from the test's own input with the account names
+spelled out literally, not with the ledger's chart of accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from consumers.ingest import Ingestor
+from consumers.relay import Relay
+from consumers.runner import ConsumeStats, consume
+from consumers.store import open_ledger
+from ledger.application import Ledger
+
+IDLE_EXIT_S = 1.0
+
+
+def event(event_type: str, **fields: Any) -> dict[str, Any]:
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "type": event_type,
+        "schema_version": 1,
+        "occurred_at": "2025-03-10T09:30:00+08:00",
+        "source": "test.upstream",
+        "province": "340000",
+    }
+    body.update(fields)
+    return body
+
+
+def contribution(city: str, scheme: str, amount_fen: int, payer_kind: str = "individual") -> dict[str, Any]:
+    return event("ContributionReceived", city=city, scheme=scheme, payer_kind=payer_kind, amount_fen=amount_fen)
+
+
+def claim(city: str, scheme: str, amount_fen: int) -> dict[str, Any]:
+    return event(
+        "ClaimPaid", city=city, scheme=scheme, claim_id=f"C-{uuid.uuid4().hex[:8]}", institution_id="H1",
+        hospital_level="secondary", category="inpatient", eligible_fen=amount_fen, amount_fen=amount_fen,
+    )
+
+
+def publish(bootstrap: str, topic: str, messages: Iterable[dict[str, Any] | tuple[bytes, bytes]]) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    count = 0
+    for message in messages:
+        if isinstance(message, tuple):
+            key, value = message
+        else:
+            key = (message.get("city") or message.get("province") or "").encode()
+            value = json.dumps(message).encode()
+        producer.send(topic, key=key, value=value)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, str], dict[str, Any]]]:
+    """(partition, offset, headers, value) of every message on `topic`."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    out = []
+    for _ in range(60):
+        if all(consumer.position(tp) >= ends[tp] for tp in tps):
+            break
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for r in records:
+                headers = {k: v.decode() for k, v in (r.headers or [])}
+                out.append((tp.partition, r.offset, headers, json.loads(r.value)))
+    consumer.close()
+    return out
+
+
+def run_pipeline(database_url: str, bootstrap: str, topics: dict[str, str], batch_size_max: int = 500) -> tuple[Ledger, ConsumeStats]:
+    """Consumes everything published so far into the ledger and relays the outcomes."""
+    ledger = open_ledger(database_url)
+    ingestor = Ingestor(ledger, bootstrap, topics["events"], "test-consumer", batch_size_max, 200)
+    relay = Relay(ledger, bootstrap, topics["ledger"], topics["rejections"])
+    try:
+        stats = consume(ingestor, relay, idle_exit_s=IDLE_EXIT_S)
+    finally:
+        ingestor.close()
+        relay.close()
+    return ledger, stats
+
+
+def expected_balances(accepted: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Every account's balance after the `accepted` events: credits minus debits."""
+    balances: dict[str, int] = defaultdict(int)
+    for e in accepted:
+        t, city, scheme = e["type"], e.get("city"), e.get("scheme")
+        fund = f"city:{city}:{scheme}:pooling" if city else f"province:{scheme}:adjustment"
+        if t == "ContributionReceived":
+            debit, credit, amount = f"external:contributors:{city}:{scheme}:{e['payer_kind']}", fund, e["amount_fen"]
+        elif t == "SubsidyDisbursed":
+            debit, credit, amount = f"external:finance:{e['level']}", fund, e["amount_fen"]
+        elif t == "ClaimPaid":
+            debit, credit, amount = fund, f"external:institutions:{city}", e["amount_fen"]
+        elif t == "InterestCredited":
+            debit, credit, amount = "external:interest", fund, e["amount_fen"]
+        elif t == "OpeningBalanceRecorded":
+            debit, credit, amount = "equity:opening", fund, e["balance_fen"]
+        else:
+            raise AssertionError(f"no expectation for {t}")
+        balances[debit] -= amount
+        balances[credit] += amount
+    return {account: balance for account, balance in balances.items()}
