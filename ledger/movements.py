@@ -46,7 +46,7 @@ class Transfer:
     reversal_of: str | None = None
 
     def as_booking(self) -> dict[str, object]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields only: dataclasses.asdict's deep copy is slow
 
     def opposite(self, event_id: str, fiscal_year: int, occurred_at: str) -> Transfer:
         """P2: the exact opposite movement, booked as a new transfer."""
