@@ -91,8 +91,7 @@ class AccountName:
 
 
 #: The only edges money may take (DESIGN §3, E3, E4), as (debit kind, credit kind).
-#: A reversal takes an edge backwards, so both directions of each edge are listed.
-_FORWARD_EDGES = frozenset(
+FORWARD_EDGES = frozenset(
     {
         ("contributors", "city_pooling"),
         ("finance", "city_pooling"),
@@ -105,16 +104,19 @@ _FORWARD_EDGES = frozenset(
         ("province_adjustment", "city_pooling"),
     }
 )
-ALLOWED_EDGES = _FORWARD_EDGES | {(credit, debit) for debit, credit in _FORWARD_EDGES}
+#: A reversal (P2) takes an edge backwards, e.g. a city fund returning a subsidy paid by mistake.
+REVERSED_EDGES = frozenset((credit, debit) for debit, credit in FORWARD_EDGES)
 
 
-def edge_violation(debit_account: str, credit_account: str) -> str | None:
+def edge_violation(debit_account: str, credit_account: str, *, reversal: bool = False) -> str | None:
     """Why money may not move from `debit_account` to `credit_account`, or None if it may.
 
-    E2: never across schemes. E3: only the edges of DESIGN §3; no city pays another city.
+    E2: never across schemes. E3: only the edges of DESIGN §3 (backwards only for a
+    reversal); no city pays another city, no fund pays into a fiscal budget.
     """
     debit, credit = AccountName.parse(debit_account), AccountName.parse(credit_account)
-    if (debit.kind, credit.kind) not in ALLOWED_EDGES:
+    edges = REVERSED_EDGES if reversal else FORWARD_EDGES
+    if (debit.kind, credit.kind) not in edges:
         return f"no edge from {debit.kind} to {credit.kind} (E3)"
     if debit.scheme and credit.scheme and debit.scheme != credit.scheme:
         return f"{debit_account} and {credit_account} are in different schemes (E2)"

@@ -17,11 +17,25 @@ from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
 from schemas.policy import Policy
 
+# Categories under which funds total their bookings (made in `ledger.movements`).
+OPENING_CATEGORY = "opening"
+INTEREST_CATEGORY = "interest"
+EXTRACTION_CATEGORY = "extraction"
+ALLOCATION_CATEGORY = "allocation"
+CONTRIBUTION_PREFIX = "contribution."
+SUBSIDY_PREFIX = "subsidy."
+CLAIM_PREFIX = "claim."
+PRIOR_YEAR_PREFIX = "prior_year_adjustment."
+
 POLICY_BOOK_ID = uuid5(accounts.LEDGER_NAMESPACE, "policy-book")
 
 
 class Fund(Aggregate):
-    """A city pooling fund or a provincial adjustment fund: one account that never goes negative."""
+    """A city pooling fund or a provincial adjustment fund: one account that never goes negative.
+
+    Besides its balance, a fund keeps per fiscal year what the rules need: totals by
+    category, the approved budget, and, once the year is closed, its fixed income.
+    """
 
     class Opened(AggregateCreated):
         account: str
@@ -34,8 +48,14 @@ class Fund(Aggregate):
         self.balance_fen = 0
         self.booking_count = 0
         self.opening: dict[str, int] | None = None
-        # fiscal year -> category -> fen; categories are those of `Booking.category`.
+        # fiscal year -> category -> fen; categories are those of `ledger.movements`.
         self.totals_fen: dict[int, dict[str, int]] = {}
+        # fiscal year -> net change of the balance booked in that year (opening excluded).
+        self.year_net_fen: dict[int, int] = {}
+        # fiscal year -> {"income_fen", "expenditure_fen", "event_id"} of the budget in force.
+        self.budgets: dict[int, dict[str, Any]] = {}
+        # fiscal year -> the income fixed when the year was closed (P1).
+        self.closed_years: dict[int, int] = {}
 
     @classmethod
     def open(cls, account: str) -> Fund:
@@ -58,6 +78,30 @@ class Fund(Aggregate):
             opening_fiscal_year=fiscal_year,
             **booking,
         )
+
+    def set_budget(
+        self, fiscal_year: int, income_fen: int, expenditure_fen: int, event_id: str, kind: str
+    ) -> None:
+        self.check_period_open(fiscal_year)
+        self.check_budget_has_no_deficit(income_fen, expenditure_fen)
+        self.check_budget_has_no_cumulative_deficit(fiscal_year, income_fen, expenditure_fen)
+        self.trigger_event(
+            self.BudgetSet,
+            fiscal_year=fiscal_year,
+            income_fen=income_fen,
+            expenditure_fen=expenditure_fen,
+            budget_event_id=event_id,
+            kind=kind,
+        )
+
+    def close_year(self, fiscal_year: int, income_fen: int, event_id: str) -> bool:
+        """P1: locks the year and fixes its income; closing twice changes nothing."""
+        if fiscal_year in self.closed_years:
+            return False
+        self.trigger_event(
+            self.YearClosed, fiscal_year=fiscal_year, income_fen=income_fen, close_event_id=event_id
+        )
+        return True
 
     # -- rule checks ------------------------------------------------------
 
@@ -83,6 +127,156 @@ class Fund(Aggregate):
                 + "; an opening balance must be its first movement",
             )
 
+    def check_period_open(self, fiscal_year: int) -> None:
+        """P1: nothing is booked into a closed fiscal year."""
+        if fiscal_year in self.closed_years:
+            raise Rejected(
+                Reason.period_closed,
+                "P1",
+                f"fiscal year {fiscal_year} of {self.account} is closed; "
+                "book a correction in the open year instead",
+                {"fiscal_year": fiscal_year},
+            )
+
+    def check_budget_has_no_deficit(self, income_fen: int, expenditure_fen: int) -> None:
+        """B1: no current-year deficit budget."""
+        if expenditure_fen > income_fen:
+            raise Rejected(
+                Reason.deficit_budget,
+                "B1",
+                f"budgeted expenditure {expenditure_fen} fen exceeds budgeted income "
+                f"{income_fen} fen by {expenditure_fen - income_fen} fen",
+                {"income_fen": income_fen, "expenditure_fen": expenditure_fen},
+            )
+
+    def check_budget_has_no_cumulative_deficit(
+        self, fiscal_year: int, income_fen: int, expenditure_fen: int
+    ) -> None:
+        """B2: balance at the start of the year + income - expenditure stays >= 0."""
+        start_fen = self.balance_at_start_of(fiscal_year)
+        if start_fen + income_fen - expenditure_fen < 0:
+            raise Rejected(
+                Reason.cumulative_deficit_budget,
+                "B2",
+                f"the balance at the start of {fiscal_year} ({start_fen} fen) + income "
+                f"{income_fen} - expenditure {expenditure_fen} is "
+                f"{start_fen + income_fen - expenditure_fen} fen",
+                {"start_balance_fen": start_fen},
+            )
+
+    def check_within_budget(self, fiscal_year: int, amount_fen: int, require_budget: bool) -> None:
+        """B3: paid claims stay within the approved expenditure budget of the year."""
+        budget = self.budgets.get(fiscal_year)
+        if budget is None:
+            if require_budget:
+                raise Rejected(
+                    Reason.over_budget,
+                    "B3",
+                    f"{self.account} has no approved budget for {fiscal_year} and the policy "
+                    "requires one (require_budget)",
+                )
+            return
+        paid_fen = self.claims_paid_fen(fiscal_year)
+        if paid_fen + amount_fen > budget["expenditure_fen"]:
+            raise Rejected(
+                Reason.over_budget,
+                "B3",
+                f"claims paid in {fiscal_year} ({paid_fen} fen) + {amount_fen} fen would exceed "
+                f"the approved expenditure budget of {budget['expenditure_fen']} fen; "
+                "a BudgetAdjusted must raise it first",
+                {"paid_fen": paid_fen, "budget_expenditure_fen": budget["expenditure_fen"]},
+            )
+
+    def check_extraction_within_cap(
+        self, fiscal_year: int, amount_fen: int, base_fen: int, rate_bp: int
+    ) -> None:
+        """X2: a city's extractions for a year stay within rate x last year's collected income."""
+        allowed_fen = base_fen * rate_bp // 10_000
+        extracted_fen = self.total_fen(fiscal_year, EXTRACTION_CATEGORY)
+        if extracted_fen + amount_fen > allowed_fen:
+            raise Rejected(
+                Reason.extraction_cap_exceeded,
+                "X2",
+                f"extraction base {base_fen} fen (collected income of {fiscal_year - 1}) x "
+                f"{rate_bp} bp = {allowed_fen} fen allowed for {fiscal_year}; already extracted "
+                f"{extracted_fen} fen, so at most {max(0, allowed_fen - extracted_fen)} fen more",
+                {
+                    "base_fen": base_fen,
+                    "rate_bp": rate_bp,
+                    "extracted_fen": extracted_fen,
+                    "allowed_fen": allowed_fen,
+                    "remaining_fen": max(0, allowed_fen - extracted_fen),
+                },
+            )
+
+    def check_adjustment_fund_ceiling(
+        self, amount_fen: int, province_income_fen: int, pause_ratio_bp: int, fiscal_year: int
+    ) -> None:
+        """X4: the adjustment fund stops taking extractions at its ceiling, and never passes it."""
+        ceiling_fen = province_income_fen * pause_ratio_bp // 10_000
+        facts = {
+            "province_income_fen": province_income_fen,
+            "pause_ratio_bp": pause_ratio_bp,
+            "ceiling_fen": ceiling_fen,
+            "balance_fen": self.balance_fen,
+        }
+        if self.balance_fen >= ceiling_fen:
+            raise Rejected(
+                Reason.extraction_paused,
+                "X4",
+                f"{self.account} holds {self.balance_fen} fen, at or above its ceiling of "
+                f"{ceiling_fen} fen ({pause_ratio_bp} bp of the province's collected income of "
+                f"{fiscal_year - 1}, {province_income_fen} fen): extraction is paused",
+                facts,
+            )
+        if self.balance_fen + amount_fen > ceiling_fen:
+            raise Rejected(
+                Reason.extraction_cap_exceeded,
+                "X4",
+                f"{amount_fen} fen would take {self.account} to {self.balance_fen + amount_fen} fen, "
+                f"above its ceiling of {ceiling_fen} fen; at most {ceiling_fen - self.balance_fen} fen",
+                facts,
+            )
+
+    def check_allocation_within_share(
+        self, fiscal_year: int, gap_fen: int, amount_fen: int, share_bp: int, reason: str
+    ) -> None:
+        """X5: an allocation covers at most `share` of the gap the ledger itself sees."""
+        ledger_gap_fen = self.gap_fen(fiscal_year)
+        allocated_fen = self.total_fen(fiscal_year, ALLOCATION_CATEGORY)
+        facts = {
+            "gap_fen": gap_fen,
+            "ledger_gap_fen": ledger_gap_fen,
+            "share_bp": share_bp,
+            "allocated_fen": allocated_fen,
+        }
+        if gap_fen > ledger_gap_fen:
+            raise Rejected(
+                Reason.allocation_exceeds_share,
+                "X5",
+                f"claimed gap {gap_fen} fen exceeds the gap the ledger sees for {self.account} "
+                f"in {fiscal_year}: expenditure - income so far = {ledger_gap_fen} fen",
+                facts,
+            )
+        if amount_fen > gap_fen * share_bp // 10_000:
+            raise Rejected(
+                Reason.allocation_exceeds_share,
+                "X5",
+                f"{amount_fen} fen exceeds {share_bp} bp ({reason}) of the gap {gap_fen} fen: "
+                f"at most {gap_fen * share_bp // 10_000} fen; the city's own balance bears the rest",
+                facts,
+            )
+        total_allowed_fen = ledger_gap_fen * share_bp // 10_000
+        if allocated_fen + amount_fen > total_allowed_fen:
+            raise Rejected(
+                Reason.allocation_exceeds_share,
+                "X5",
+                f"allocations to {self.account} for {fiscal_year} would total "
+                f"{allocated_fen + amount_fen} fen, above {share_bp} bp of its gap "
+                f"{ledger_gap_fen} fen ({total_allowed_fen} fen)",
+                facts,
+            )
+
     # -- queries ----------------------------------------------------------
 
     def delta_fen(self, booking: dict[str, Any]) -> int:
@@ -95,6 +289,44 @@ class Fund(Aggregate):
     def total_fen(self, fiscal_year: int, *categories: str) -> int:
         year = self.totals_fen.get(fiscal_year, {})
         return sum(year.get(c, 0) for c in categories)
+
+    def total_with_prefix_fen(self, fiscal_year: int, prefix: str) -> int:
+        return sum(v for c, v in self.totals_fen.get(fiscal_year, {}).items() if c.startswith(prefix))
+
+    def claims_paid_fen(self, fiscal_year: int) -> int:
+        return self.total_with_prefix_fen(fiscal_year, CLAIM_PREFIX)
+
+    def collected_income_fen(self, fiscal_year: int, with_subsidies: bool) -> int:
+        """X3: contributions (and, by policy, subsidies) collected in a fiscal year."""
+        income = self.total_with_prefix_fen(fiscal_year, CONTRIBUTION_PREFIX)
+        if with_subsidies:
+            income += self.total_with_prefix_fen(fiscal_year, SUBSIDY_PREFIX)
+        return income
+
+    def extraction_base_fen(self, fiscal_year: int, with_subsidies: bool) -> int:
+        """The collected income of the year before `fiscal_year` (X2, P1).
+
+        Fixed by the close of that year when there was one; else the opening's
+        `previous_year_income_fen` for the go-live year; else the ledger's own totals.
+        """
+        previous = fiscal_year - 1
+        if previous in self.closed_years:
+            return self.closed_years[previous]
+        if self.opening is not None and self.opening["fiscal_year"] == fiscal_year:
+            return self.opening["previous_year_income_fen"]
+        return self.collected_income_fen(previous, with_subsidies)
+
+    def gap_fen(self, fiscal_year: int) -> int:
+        """X5: expenditure - income of the year so far (claims vs contributions, subsidies, interest)."""
+        income = (
+            self.total_with_prefix_fen(fiscal_year, CONTRIBUTION_PREFIX)
+            + self.total_with_prefix_fen(fiscal_year, SUBSIDY_PREFIX)
+            + self.total_fen(fiscal_year, INTEREST_CATEGORY)
+        )
+        return max(0, self.claims_paid_fen(fiscal_year) - income)
+
+    def balance_at_start_of(self, fiscal_year: int) -> int:
+        return self.balance_fen - sum(n for y, n in self.year_net_fen.items() if y >= fiscal_year)
 
     # -- events -----------------------------------------------------------
 
@@ -110,14 +342,18 @@ class Fund(Aggregate):
         fiscal_year: int
         occurred_at: str
         reversal_of: str | None
+        prior_year_adjustment: bool
 
         def apply(self, aggregate: Aggregate) -> None:
             fund = cast(Fund, aggregate)
-            fund.balance_fen += fund.delta_fen(self.__dict__)
+            delta = fund.delta_fen(self.__dict__)
+            fund.balance_fen += delta
             fund.booking_count += 1
             sign = -1 if self.reversal_of else 1
             year = fund.totals_fen.setdefault(self.fiscal_year, {})
             year[self.category] = year.get(self.category, 0) + sign * self.amount_fen
+            if self.category != OPENING_CATEGORY:
+                fund.year_net_fen[self.fiscal_year] = fund.year_net_fen.get(self.fiscal_year, 0) + delta
 
     class OpeningRecorded(TransferBooked):
         previous_year_income_fen: int
@@ -130,6 +366,29 @@ class Fund(Aggregate):
                 "previous_year_income_fen": self.previous_year_income_fen,
                 "fiscal_year": self.opening_fiscal_year,
             }
+
+    class BudgetSet(AggregateEvent):
+        fiscal_year: int
+        income_fen: int
+        expenditure_fen: int
+        budget_event_id: str
+        kind: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Fund, aggregate).budgets[self.fiscal_year] = {
+                "income_fen": self.income_fen,
+                "expenditure_fen": self.expenditure_fen,
+                "event_id": self.budget_event_id,
+                "kind": self.kind,
+            }
+
+    class YearClosed(AggregateEvent):
+        fiscal_year: int
+        income_fen: int
+        close_event_id: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Fund, aggregate).closed_years[self.fiscal_year] = self.income_fen
 
 
 def receipt_id(event_id: str) -> UUID:

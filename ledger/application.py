@@ -24,11 +24,18 @@ from eventsourcing.persistence import IntegrityError
 
 from ledger import accounts, movements
 from ledger.aggregates import POLICY_BOOK_ID, Fund, PolicyBook, Receipt, position_receipt_id, receipt_id
-from ledger.clock import business_date_of
+from ledger.clock import business_date_of, fiscal_year_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import load_packaged_policy
 from schemas.events import (
+    AdjustmentFundAllocated,
+    AdjustmentFundExtracted,
+    BudgetAdjusted,
+    BudgetApproved,
     ClaimPaid,
+    EventReversed,
+    FiscalYearClosed,
+    PolicyAdopted,
     ContributionReceived,
     InterestCredited,
     InvalidJson,
@@ -38,7 +45,7 @@ from schemas.events import (
     UpstreamEvent,
     parse_event,
 )
-from schemas.policy import Policy
+from schemas.policy import ExtractionBase, Policy
 
 log = structlog.get_logger("ledger")
 
@@ -142,6 +149,13 @@ class Ledger(Application[UUID]):
             "ClaimPaid": self._claim,
             "InterestCredited": self._interest,
             "OpeningBalanceRecorded": self._opening,
+            "BudgetApproved": self._budget,
+            "BudgetAdjusted": self._budget,
+            "AdjustmentFundExtracted": self._extraction,
+            "AdjustmentFundAllocated": self._allocation,
+            "FiscalYearClosed": self._close_year,
+            "EventReversed": self._reversal,
+            "PolicyAdopted": self._adopt_policy,
         }
 
     # -- use cases ------------------------------------------------------------
@@ -262,17 +276,14 @@ class Ledger(Application[UUID]):
 
     # -- decisions -----------------------------------------------------------
 
-    def _decide(self, event: UpstreamEvent, work: _WorkingSet) -> tuple[dict[str, Any], dict[str, int]]:
+    def _decide(
+        self, event: UpstreamEvent, work: _WorkingSet
+    ) -> tuple[dict[str, Any] | None, dict[str, int]]:
         policy = self._policy_in_force(event, work)
         self.check_known_codes(event, policy)
-        handler = self._handlers.get(event.type)
-        if handler is None:
-            raise Rejected(
-                Reason.policy_violation,
-                "-",
-                f"{event.type} is not enforced by this version of the ledger yet; nothing was booked",
-            )
-        transfer: movements.Transfer = handler(event, policy, work)
+        transfer: movements.Transfer | None = self._handlers[event.type](event, policy, work)
+        if transfer is None:
+            return None, {}
         return transfer.as_booking(), self._balances_after(transfer, work)
 
     def _policy_in_force(self, event: UpstreamEvent, work: _WorkingSet) -> Policy:
@@ -318,10 +329,14 @@ class Ledger(Application[UUID]):
 
     def _subsidy(self, e: SubsidyDisbursed, policy: Policy, work: _WorkingSet) -> movements.Transfer:
         self.check_subsidised_scheme(e, policy)
+        self.check_subsidy_standard(e, policy)
         return self._book(movements.subsidy(e), work)
 
     def _claim(self, e: ClaimPaid, policy: Policy, work: _WorkingSet) -> movements.Transfer:
-        return self._book(movements.claim(e), work)
+        transfer = movements.claim(e)
+        fund = work.fund(transfer.debit_account)
+        fund.check_within_budget(transfer.fiscal_year, e.amount_fen, policy.require_budget)
+        return self._book(transfer, work)
 
     def _interest(self, e: InterestCredited, policy: Policy, work: _WorkingSet) -> movements.Transfer:
         return self._book(movements.interest(e), work)
@@ -333,14 +348,168 @@ class Ledger(Application[UUID]):
         fund.record_opening(transfer.as_booking(), e.previous_year_income_fen, e.fiscal_year)
         return transfer
 
+    def _budget(self, e: BudgetApproved | BudgetAdjusted, policy: Policy, work: _WorkingSet) -> None:
+        fund = work.fund(accounts.city_pooling(e.city, e.scheme))
+        kind = "approved" if e.type == "BudgetApproved" else "adjusted"
+        fund.set_budget(e.fiscal_year, e.income_fen, e.expenditure_fen, str(e.event_id), kind)
+
+    def _extraction(self, e: AdjustmentFundExtracted, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        self.check_phase_active(e, policy)
+        transfer = movements.extraction(e)
+        city, province = work.fund(transfer.debit_account), work.fund(transfer.credit_account)
+        with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
+        city.check_period_open(e.fiscal_year)
+        city.check_extraction_within_cap(
+            e.fiscal_year,
+            e.amount_fen,
+            city.extraction_base_fen(e.fiscal_year, with_subsidies),
+            policy.extraction_rate_bp,
+        )
+        province.check_adjustment_fund_ceiling(
+            e.amount_fen,
+            self._province_income_fen(province, e.fiscal_year - 1, policy, work),
+            policy.pause_ratio_bp,
+            e.fiscal_year,
+        )
+        return self._book(transfer, work)
+
+    def _allocation(self, e: AdjustmentFundAllocated, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        self.check_phase_active(e, policy)
+        transfer = movements.allocation(e)
+        city = work.fund(transfer.credit_account)
+        city.check_period_open(e.fiscal_year)
+        city.check_allocation_within_share(
+            e.fiscal_year, e.gap_fen, e.amount_fen, policy.gap_share_bp[e.reason], e.reason.value
+        )
+        return self._book(transfer, work)
+
+    def _close_year(self, e: FiscalYearClosed, policy: Policy, work: _WorkingSet) -> None:
+        """P1: locks the year of one fund and fixes its income as next year's base."""
+        fund = work.fund(accounts.fund_account(e.city, e.scheme))
+        if e.city is None:
+            income_fen = self._province_income_fen(fund, e.fiscal_year, policy, work)
+        else:
+            with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
+            income_fen = fund.extraction_base_fen(e.fiscal_year + 1, with_subsidies)
+        fund.close_year(e.fiscal_year, income_fen, str(e.event_id))
+
+    def _reversal(self, e: EventReversed, policy: Policy, work: _WorkingSet) -> movements.Transfer:
+        """P2: the exact opposite of an accepted movement, once."""
+        original = work.get(receipt_id(str(e.original_event_id)))
+        if not isinstance(original, Receipt) or original.status != "accepted" or original.transfer is None:
+            fate = "unknown" if original is None else (
+                "rejected" if isinstance(original, Receipt) and original.status == "rejected"
+                else "not a movement"
+            )
+            raise Rejected(
+                Reason.unknown_original,
+                "P2",
+                f"event {e.original_event_id} is {fate}: only an accepted movement can be reversed",
+            )
+        if original.reversed_by is not None:
+            raise Rejected(
+                Reason.already_reversed,
+                "P2",
+                f"event {e.original_event_id} was already reversed by {original.reversed_by}",
+            )
+        booked = movements.Transfer(**original.transfer)
+        funds = [work.fund(a) for a in (booked.debit_account, booked.credit_account) if accounts.is_fund(a)]
+        own_year = fiscal_year_of(e.occurred_at)
+        prior_year = any(booked.fiscal_year in f.closed_years for f in funds)
+        opposite = booked.opposite(
+            event_id=str(e.event_id),
+            fiscal_year=own_year if prior_year else booked.fiscal_year,
+            occurred_at=e.occurred_at.isoformat(),
+            prior_year_adjustment=prior_year,
+        )
+        self._book(opposite, work)
+        original.mark_reversed(str(e.event_id))
+        return opposite
+
+    def _adopt_policy(self, e: PolicyAdopted, policy: Policy, work: _WorkingSet) -> None:
+        """Effective-dated parameters: adopted ahead of (or on) the day they take effect."""
+        if e.policy.province != e.province:
+            raise Rejected(
+                Reason.policy_violation,
+                "I2",
+                f"the policy is for province {e.policy.province}, the event for {e.province}",
+            )
+        day = business_date_of(e.occurred_at)
+        if e.effective_from < day:
+            raise Rejected(
+                Reason.policy_violation,
+                "M2",
+                f"effective_from {e.effective_from} is before the adoption day {day}: a policy "
+                "cannot change decisions already taken",
+            )
+        book = work.get(POLICY_BOOK_ID)
+        assert isinstance(book, PolicyBook)
+        book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
+
+    @staticmethod
+    def check_phase_active(e: AdjustmentFundExtracted | AdjustmentFundAllocated, policy: Policy) -> None:
+        """X1: the adjustment fund of a scheme works only from its phase date."""
+        start = policy.adjustment_from.get(e.scheme)
+        day = business_date_of(e.occurred_at)
+        if start is None or day < start:
+            when = f"from {start}" if start else "not at all under this policy"
+            raise Rejected(
+                Reason.phase_not_active,
+                "X1",
+                f"the {e.scheme.value} adjustment fund operates {when}; the event is dated {day} "
+                "(China Standard Time)",
+                {"adjustment_from": str(start) if start else None, "business_date": str(day)},
+            )
+
+    @staticmethod
+    def check_subsidy_standard(e: SubsidyDisbursed, policy: Policy) -> None:
+        """I3: with a headcount, a subsidy matches the per-capita standard of its level and year."""
+        if e.headcount is None:
+            return
+        year = fiscal_year_of(e.occurred_at)
+        standards = [
+            s for s in policy.subsidy_standards
+            if s.fiscal_year == year and s.level == e.level and s.scheme == e.scheme
+        ]
+        if not standards:
+            return
+        expected = sorted({e.headcount * fen for s in standards for fen in s.per_capita_fen})
+        tolerance = max(s.rounding_tolerance_fen for s in standards)
+        if not any(abs(e.amount_fen - fen) <= tolerance for fen in expected):
+            raise Rejected(
+                Reason.policy_violation,
+                "I3",
+                f"{e.amount_fen} fen for {e.headcount} people does not match the {e.level.value} "
+                f"standard of {year} ({', '.join(str(f) for s in standards for f in s.per_capita_fen)} "
+                f"fen a head): expected one of {expected} (within {tolerance} fen)",
+                {"expected_fen": expected},
+            )
+
+    def _province_income_fen(
+        self, province: Fund, fiscal_year: int, policy: Policy, work: _WorkingSet
+    ) -> int:
+        """X4: the province's collected income of a year, for one scheme (fixed once closed)."""
+        if fiscal_year in province.closed_years:
+            return province.closed_years[fiscal_year]
+        with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
+        total = 0
+        for city in policy.cities:
+            fund = work.get(accounts.fund_id(accounts.city_pooling(city, str(province.scheme))))
+            if isinstance(fund, Fund):
+                total += fund.extraction_base_fen(fiscal_year + 1, with_subsidies)
+        return total
+
     def _book(self, transfer: movements.Transfer, work: _WorkingSet) -> movements.Transfer:
         """Books both legs, after checking every rule on every fund it touches."""
-        violation = accounts.edge_violation(transfer.debit_account, transfer.credit_account)
+        violation = accounts.edge_violation(
+            transfer.debit_account, transfer.credit_account, reversal=transfer.reversal_of is not None
+        )
         if violation is not None:
             raise Rejected(Reason.earmark_violation, "E3", violation)
         booking = transfer.as_booking()
         funds = [work.fund(a) for a in (transfer.debit_account, transfer.credit_account) if accounts.is_fund(a)]
         for fund in funds:
+            fund.check_period_open(transfer.fiscal_year)
             fund.check_stays_non_negative(fund.delta_fen(booking))
         for fund in funds:
             fund.book(booking)
@@ -381,7 +550,10 @@ def _event_id_of(inbound: Inbound) -> str | None:
     if inbound.event is not None:
         return str(inbound.event.event_id)
     if isinstance(inbound.error, InvalidSchema) and inbound.error.event_id:
-        return inbound.error.event_id
+        try:  # the same spelling a valid message's event_id gets, so a later reuse is a conflict
+            return str(UUID(inbound.error.event_id))
+        except ValueError:
+            return inbound.error.event_id
     return None
 
 

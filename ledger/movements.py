@@ -21,14 +21,16 @@ from schemas.events import (
     SubsidyDisbursed,
 )
 
-# Categories under which a fund totals its bookings per fiscal year.
-OPENING = "opening"
-INTEREST = "interest"
-EXTRACTION = "extraction"
-ALLOCATION = "allocation"
-CONTRIBUTION_PREFIX = "contribution."
-SUBSIDY_PREFIX = "subsidy."
-CLAIM_PREFIX = "claim."
+from ledger.aggregates import (
+    ALLOCATION_CATEGORY as ALLOCATION,
+    CLAIM_PREFIX,
+    CONTRIBUTION_PREFIX,
+    EXTRACTION_CATEGORY as EXTRACTION,
+    INTEREST_CATEGORY as INTEREST,
+    OPENING_CATEGORY as OPENING,
+    PRIOR_YEAR_PREFIX,
+    SUBSIDY_PREFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -44,22 +46,30 @@ class Transfer:
     fiscal_year: int
     occurred_at: str
     reversal_of: str | None = None
+    prior_year_adjustment: bool = False
 
     def as_booking(self) -> dict[str, object]:
         return dict(self.__dict__)  # flat fields only: dataclasses.asdict's deep copy is slow
 
-    def opposite(self, event_id: str, fiscal_year: int, occurred_at: str) -> Transfer:
-        """P2: the exact opposite movement, booked as a new transfer."""
+    def opposite(
+        self, event_id: str, fiscal_year: int, occurred_at: str, prior_year_adjustment: bool
+    ) -> Transfer:
+        """P2: the exact opposite movement, booked as a new transfer.
+
+        A reversal of a closed year's movement is booked in the open year under a
+        `prior_year_adjustment.` category, so the closed year's figures stay as closed.
+        """
         return Transfer(
             event_id=event_id,
             kind="EventReversed",
             debit_account=self.credit_account,
             credit_account=self.debit_account,
             amount_fen=self.amount_fen,
-            category=self.category,
+            category=f"{PRIOR_YEAR_PREFIX}{self.category}" if prior_year_adjustment else self.category,
             fiscal_year=fiscal_year,
             occurred_at=occurred_at,
             reversal_of=self.event_id,
+            prior_year_adjustment=prior_year_adjustment,
         )
 
 

@@ -82,6 +82,8 @@ class SubsidyStandard(BaseModel):
     level: SubsidyLevel
     per_capita_fen: list[PositiveFen] = Field(min_length=1)
     scheme: Scheme = Scheme.resident
+    #: How far an amount may stray from headcount x standard: the fen rounding of a split.
+    rounding_tolerance_fen: Annotated[int, Field(strict=True, ge=0)] = 1
     note: str = ""
 
 

@@ -57,9 +57,7 @@ def contribution(
 def subsidy(
     city: str = HEFEI, scheme: str = "resident", amount_fen: int = 10_000, level: str = "central"
 ) -> dict[str, Any]:
-    return event(
-        "SubsidyDisbursed", city=city, scheme=scheme, level=level, amount_fen=amount_fen
-    )
+    return event("SubsidyDisbursed", city=city, scheme=scheme, level=level, amount_fen=amount_fen)
 
 
 def claim(city: str = HEFEI, scheme: str = "resident", amount_fen: int = 1_000) -> dict[str, Any]:
@@ -76,7 +74,9 @@ def claim(city: str = HEFEI, scheme: str = "resident", amount_fen: int = 1_000) 
     )
 
 
-def interest(scheme: str = "resident", amount_fen: int = 100, city: str | None = None) -> dict[str, Any]:
+def interest(
+    scheme: str = "resident", amount_fen: int = 100, city: str | None = None
+) -> dict[str, Any]:
     fields: dict[str, Any] = {"scheme": scheme, "amount_fen": amount_fen}
     if city is not None:
         fields["city"] = city
@@ -310,14 +310,23 @@ def test_claims_in_one_batch_see_the_bookings_made_earlier_in_that_batch() -> No
         ("equity:opening", "province:employee:adjustment"),
         ("city:340100:resident:pooling", "province:resident:adjustment"),
         ("province:employee:adjustment", "city:340200:employee:pooling"),
-        # a reversal takes a listed edge backwards
-        ("city:340100:resident:pooling", "external:contributors:340100:resident:individual"),
     ],
 )
 def test_edge_violation_allows_the_listed_edges_within_one_scheme_and_city(
     debit: str, credit: str
 ) -> None:
     assert accounts.edge_violation(debit, credit) is None
+
+
+def test_only_a_reversal_may_take_an_edge_backwards() -> None:
+    """E3: no fund pays into a fiscal budget, except to return a subsidy booked by mistake (P2)."""
+    city, finance = "city:340100:resident:pooling", "external:finance:central"
+    assert accounts.edge_violation(city, finance) is not None
+    assert accounts.edge_violation(city, finance, reversal=True) is None
+    assert accounts.edge_violation(finance, city, reversal=True) is not None
+    back = ("city:340100:resident:pooling", "external:contributors:340100:resident:individual")
+    assert accounts.edge_violation(*back) is not None
+    assert accounts.edge_violation(*back, reversal=True) is None
 
 
 @pytest.mark.parametrize(
@@ -492,9 +501,7 @@ def test_wrong_province_is_rejected_unknown_city(message: dict[str, Any]) -> Non
     assert trial_balance(ledger).transfer_count == 0
 
 
-@pytest.mark.parametrize(
-    "payload", [b"not json", b"{\"event_id\": ", b"\xff\xfe\x00", b""], ids=repr
-)
+@pytest.mark.parametrize("payload", [b"not json", b'{"event_id": ', b"\xff\xfe\x00", b""], ids=repr)
 def test_non_json_is_rejected_invalid_json(payload: bytes) -> None:
     ledger = new_ledger()
     assert statuses(feed(ledger, payload)) == [("rejected", "invalid_json")]
@@ -545,9 +552,7 @@ def _without(message: dict[str, Any], key: str) -> dict[str, Any]:
 )
 def test_float_amount_or_missing_field_is_rejected_invalid_schema(message: Any) -> None:
     ledger = new_ledger()
-    assert statuses(feed(ledger, json.dumps(message).encode())) == [
-        ("rejected", "invalid_schema")
-    ]
+    assert statuses(feed(ledger, json.dumps(message).encode())) == [("rejected", "invalid_schema")]
     assert trial_balance(ledger).transfer_count == 0
 
 
@@ -591,12 +596,18 @@ def test_opening_balance_is_accepted_once_per_fund() -> None:
     fund = ledger.fund(pooling())
     assert fund is not None
     assert fund.balance_fen == 8_000
-    assert fund.opening == {"balance_fen": 8_000, "previous_year_income_fen": 0, "fiscal_year": 2025}
+    assert fund.opening == {
+        "balance_fen": 8_000,
+        "previous_year_income_fen": 0,
+        "fiscal_year": 2025,
+    }
 
 
 def test_second_opening_balance_in_the_same_batch_is_rejected_opening_balance_exists() -> None:
     ledger = new_ledger()
-    outcomes = feed(ledger, opening(city=HEFEI, balance_fen=8_000), opening(city=HEFEI, balance_fen=1))
+    outcomes = feed(
+        ledger, opening(city=HEFEI, balance_fen=8_000), opening(city=HEFEI, balance_fen=1)
+    )
     assert statuses(outcomes) == [ACCEPTED, ("rejected", "opening_balance_exists")]
     assert balance(ledger, pooling()) == 8_000
 
@@ -680,10 +691,14 @@ def test_province_adjustment_fund_opening_uses_no_city_field() -> None:
     for city in (HEFEI, WUHU, BENGBU):
         assert balance(ledger, pooling(city)) == 0
     # once per fund, for the province fund too
-    assert statuses(feed(ledger, opening("resident", 1))) == [("rejected", "opening_balance_exists")]
+    assert statuses(feed(ledger, opening("resident", 1))) == [
+        ("rejected", "opening_balance_exists")
+    ]
     # and only before any other movement of the province fund
     feed(ledger, interest("employee", 5))
-    assert statuses(feed(ledger, opening("employee", 1))) == [("rejected", "opening_balance_exists")]
+    assert statuses(feed(ledger, opening("employee", 1))) == [
+        ("rejected", "opening_balance_exists")
+    ]
     assert balance(ledger, "province:employee:adjustment") == 5
 
 
@@ -760,4 +775,3 @@ def test_bookings_after_a_rebuild_continue_from_the_stored_balance() -> None:
     outcomes = feed(ledger, claim(amount_fen=600), claim(amount_fen=600))
     assert statuses(outcomes) == [ACCEPTED, ("rejected", "insufficient_funds")]
     assert balance(ledger, pooling()) == 400
-
