@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -21,9 +23,9 @@ from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, fold
 from ledger.policy import load_packaged_policy
 from pooling_ledger.services import database, kafka
 from pooling_ledger.settings import Settings
-from pooling_ledger.simulate import Message, Simulation, with_faults
+from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 
-DEMO_IDLE_EXIT_S = 1.5
+DEMO_IDLE_EXIT_S = 0.8
 READ_BACK_TIMEOUT_MS = 1000
 READ_BACK_POLLS_MAX = 30
 
@@ -55,33 +57,62 @@ def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         consumer.close()
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo books into a fresh embedded event store of its own, `{POOLING_DATA_DIR}/demo`.
+
+    Each run starts from audited openings on 2025-01-01, so a second run into the same
+    store would find its openings taken and 2025 closed. With DATABASE_URL set, the demo
+    uses that database as it is.
+    """
+    if settings.database_url:
+        return settings
+    demo = settings.model_copy(update={"data_dir": settings.data_dir / "demo"})
+    if (demo.data_dir / "postgres" / "postmaster.pid").exists():
+        raise SystemExit(f"error: a demo is already running on {demo.data_dir}; stop it first")
+    shutil.rmtree(demo.data_dir / "postgres", ignore_errors=True)
+    return demo
+
+
 def run_demo(settings: Settings, *, events_per_city: int, seed: int, as_json: bool) -> None:
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     policy = load_packaged_policy()
+    settings = demo_settings(settings)
     with database(settings) as url, kafka(settings) as bootstrap:
         ledger = open_ledger(url, policy)
-        sim = Simulation(policy, seed=seed + int(time.time()))
-        messages = with_faults(sim, sim.clean_stream(events_per_city, opening_balance_fen_max=5 * 10**9))
-        console.print(f"[bold]publishing[/] {len(messages):,} upstream messages to {settings.events_topic} at {bootstrap}")
-        started = time.monotonic()
-        publish_messages(bootstrap, settings.events_topic, messages)
+        sim = Simulation(policy, seed=seed + int(time.time()), month=12)
+        phases = pooling_year(sim, events_per_city)
+        first_title, first = phases[0]
+        phases[0] = (first_title, with_faults(sim, first))
         ingestor = Ingestor(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
             settings.batch_size_max, settings.poll_timeout_ms,
         )
         relay = Relay(ledger, bootstrap, settings.ledger_topic, settings.rejections_topic)
-        stats = consume(ingestor, relay, idle_exit_s=DEMO_IDLE_EXIT_S)
+        started = time.monotonic()
+        totals: Counter[str] = Counter()
+        published = 0
+        for title, phase in phases:
+            messages = [m if isinstance(m, tuple) else encode(m) for m in phase]
+            publish_messages(bootstrap, settings.events_topic, messages)
+            published += len(messages)
+            stats = consume(ingestor, relay, idle_exit_s=DEMO_IDLE_EXIT_S)
+            totals.update(stats.outcomes)
+            console.print(
+                f"[bold]{title}[/]: {len(messages):,} messages, "
+                + ", ".join(f"{n:,} {status}" for status, n in sorted(stats.outcomes.items()))
+            )
         ingestor.close()
         relay.close()
         elapsed = time.monotonic() - started
         rejections = Counter(m["reason"] for m in read_topic(bootstrap, settings.rejections_topic))
         trial = fold((e for _, e in ledger.notifications(FUND_EVENT_TOPICS)))
         report = {
-            "messages": len(messages),
-            "outcomes": dict(stats.outcomes),
+            "messages": published,
+            "outcomes": dict(totals),
             "seconds": round(elapsed, 2),
             "rejections_by_reason": dict(rejections),
-            "cities": city_balances(ledger, policy.cities),
+            "cities": city_balances(ledger, policy.cities, sim.year),
+            "adjustment_funds": adjustment_funds(ledger, sim.year),
             "trial_balance": trial.as_json(),
             "database_url": url,
             "kafka_bootstrap_servers": bootstrap,
@@ -93,13 +124,37 @@ def run_demo(settings: Settings, *, events_per_city: int, seed: int, as_json: bo
     print_report(console, report, trial, settings)
 
 
-def city_balances(ledger: Ledger, cities: dict[str, str]) -> list[dict[str, Any]]:
+def adjustment_funds(ledger: Ledger, year: int) -> list[dict[str, Any]]:
+    rows = []
+    for scheme in ("employee", "resident"):
+        fund = ledger.fund(accounts.province_adjustment(scheme))
+        rows.append(
+            {
+                "scheme": scheme,
+                "balance_fen": fund.balance_fen if fund else 0,
+                "extracted_fen": {y: fund.total_fen(y, "extraction") for y in (year, year + 1)} if fund else {},
+                "allocated_fen": {y: fund.total_fen(y, "allocation") for y in (year, year + 1)} if fund else {},
+                "closed_income_fen": dict(fund.closed_years) if fund else {},
+            }
+        )
+    return rows
+
+
+def city_balances(ledger: Ledger, cities: dict[str, str], year: int) -> list[dict[str, Any]]:
     rows = []
     for code, name in cities.items():
         row: dict[str, Any] = {"city": code, "name": name}
         for scheme in ("employee", "resident"):
             fund = ledger.fund(accounts.city_pooling(code, scheme))
             row[f"{scheme}_balance_fen"] = fund.balance_fen if fund else 0
+            if fund is not None:
+                row[f"{scheme}_extracted_fen"] = fund.total_fen(year, "extraction") + fund.total_fen(year + 1, "extraction")
+                row[f"{scheme}_allocated_fen"] = fund.total_fen(year, "allocation")
+                budget = fund.budgets.get(year)
+                row[f"{scheme}_budget_execution_bp"] = (
+                    fund.claims_paid_fen(year) * 10_000 // budget["expenditure_fen"]
+                    if budget and budget["expenditure_fen"] else None
+                )
         rows.append(row)
     return rows
 
@@ -116,12 +171,29 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
         f"{outcomes.get('accepted', 0):,} accepted, {outcomes.get('rejected', 0):,} rejected, "
         f"{outcomes.get('duplicate', 0):,} duplicates ignored"
     )
-    table = Table(title="City pooling funds (yuan)")
-    for column in ("city", "name", "employee", "resident"):
-        table.add_column(column, justify="right" if column in ("employee", "resident") else "left")
+    table = Table(title="City pooling funds (yuan; extracted to / allocated from the province, budget execution)")
+    for column in ("city", "name", "employee", "resident", "extracted", "allocated", "resident budget"):
+        table.add_column(column, justify="left" if column in ("city", "name") else "right")
     for row in report["cities"]:
-        table.add_row(row["city"], row["name"], _yuan(row["employee_balance_fen"]), _yuan(row["resident_balance_fen"]))
+        execution = row.get("resident_budget_execution_bp")
+        table.add_row(
+            row["city"], row["name"],
+            _yuan(row["employee_balance_fen"]), _yuan(row["resident_balance_fen"]),
+            _yuan(row.get("employee_extracted_fen", 0) + row.get("resident_extracted_fen", 0)),
+            _yuan(row.get("resident_allocated_fen", 0)),
+            f"{execution / 100:.2f} %" if execution is not None else "-",
+        )
     console.print(table)
+    funds = Table(title="Provincial adjustment funds (yuan)")
+    for column in ("scheme", "balance", "extracted", "allocated", "income fixed by year close"):
+        funds.add_column(column, justify="left" if column == "scheme" else "right")
+    for row in report["adjustment_funds"]:
+        funds.add_row(
+            row["scheme"], _yuan(row["balance_fen"]),
+            _yuan(sum(row["extracted_fen"].values())), _yuan(sum(row["allocated_fen"].values())),
+            ", ".join(f"{y}: {_yuan(v)}" for y, v in sorted(row["closed_income_fen"].items())) or "-",
+        )
+    console.print(funds)
     reasons = Table(title=f"Rejections by reason (read back from {settings.rejections_topic})")
     reasons.add_column("reason")
     reasons.add_column("count", justify="right")
@@ -139,10 +211,16 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
         tb.add_row(kind, _yuan(balance))
     tb.add_row("[bold]total (must be 0)[/]", f"[bold]{_yuan(trial.total_fen)}[/]")
     console.print(tb)
+    store = (
+        f"POOLING_DATA_DIR={settings.data_dir} " if not settings.database_url else ""
+    )
     console.print(
         "Where to look next:\n"
-        f"  pooling-ledger balances --json      every account (trial balance), from {report['database_url']}\n"
-        f"  topics {settings.ledger_topic} and {settings.rejections_topic} on {report['kafka_bootstrap_servers']} "
-        "(the embedded broker stops with the demo)\n"
-        f"  the event store stays in {settings.data_dir.absolute() / 'postgres'} (run the demo again to add a month)"
+        f"  {store}./run pooling-ledger balances --json    every account's balance (sums to zero)\n"
+        f"  {store}./run pooling-ledger balances --as-of 2025-12-20T00:00:00+08:00    the same, at a past instant\n"
+        f"  the event store of this run: {report['database_url']}"
+        + (f" (data in {settings.data_dir.absolute() / 'postgres'}, kept until the next demo)" if store else "")
+        + "\n"
+        f"  outcomes were published to {settings.ledger_topic} and {settings.rejections_topic} "
+        "(the embedded broker is memory-only and stops with the demo)"
     )

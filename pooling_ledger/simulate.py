@@ -41,6 +41,8 @@ class Simulation:
     rng: random.Random = field(init=False)
     received_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     paid_fen: dict[tuple[str, str], int] = field(default_factory=dict)
+    income_fen: dict[tuple[str, str], int] = field(default_factory=dict)
+    base_fen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -76,6 +78,7 @@ class Simulation:
                     previous_year_income_fen=self.rng.randint(10**9, 10**10),
                     fiscal_year=self.year,
                 )
+                self.base_fen[(city, scheme)] = event["previous_year_income_fen"]
                 self.received_fen[(city, scheme)] = self.received_fen.get((city, scheme), 0) + balance
                 yield event
 
@@ -125,6 +128,7 @@ class Simulation:
             self.paid_fen[key] = self.paid_fen.get(key, 0) + amount
             return event
         self.received_fen[key] = self.received_fen.get(key, 0) + event["amount_fen"]
+        self.income_fen[key] = self.income_fen.get(key, 0) + event["amount_fen"]
         return event
 
     def clean_stream(self, events_per_city: int, opening_balance_fen_max: int = 0) -> list[dict[str, Any]]:
@@ -135,6 +139,93 @@ class Simulation:
             for city in cities:
                 events.append(self.movement(city, step))
         return events
+
+
+def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A December of provincial pooling in phases, each published once the previous one is booked.
+
+    1. the month: openings, approved budgets, movements, and every city's 2025 resident
+       extraction (5 % of its previous-year income, X2);
+    2. a gap: one city pays more claims than it collected, the province allocates half the
+       gap (X5); another city's budget is cut to what it paid, a claim is refused
+       `over_budget` (B3) and paid after a `BudgetAdjusted` raises the budget;
+    3. the year close of every city fund and both adjustment funds (P1);
+    4. January 2026: a late 2025 claim (`period_closed`) and employee extractions, which
+       exist from 2026 (X1) on the income the close fixed.
+    """
+    policy, rng = sim.policy, sim.rng
+    cities = list(policy.cities)
+    year = sim.year
+    month = sim.clean_stream(events_per_city, opening_balance_fen_max=0)
+    openings = [e for e in month if e["type"] == "OpeningBalanceRecorded"]
+    for e in openings:  # audited balances: a quarter to a half of a year's income
+        e["balance_fen"] = rng.randint(e["previous_year_income_fen"] // 4, e["previous_year_income_fen"] // 2)
+    budgets = []
+    for city in cities:
+        for scheme in ("employee", "resident"):
+            budget = sim.envelope("BudgetApproved", f"{year}-01-05T10:00:00+08:00", "nhsa.anhui")
+            income = sim.base_fen[(city, scheme)] * 105 // 100
+            budget.update(city=city, scheme=scheme, fiscal_year=year, income_fen=income, expenditure_fen=income * 98 // 100)
+            budgets.append(budget)
+    extractions = []
+    for city in cities:
+        extraction = sim.envelope("AdjustmentFundExtracted", sim._at(19, 0), "nhsa.anhui")
+        extraction.update(
+            city=city, scheme="resident", fiscal_year=year,
+            amount_fen=sim.base_fen[(city, "resident")] * policy.extraction_rate_bp // 10_000,
+        )
+        extractions.append(extraction)
+    phase1 = openings + budgets + [e for e in month if e["type"] != "OpeningBalanceRecorded"] + extractions
+
+    gap_city, budget_city = cities[3], cities[5]
+    gap_fen = 10_000_000
+    big_claim = sim.envelope("ClaimPaid", sim._at(25, 0), "settlement.anhui")
+    big_claim.update(
+        city=gap_city, scheme="resident", claim_id="C-epidemic-ward", institution_id=f"H{gap_city}001",
+        hospital_level="tertiary", category="inpatient",
+        # claims of the year end `gap_fen` above the year's income: that is the city's gap
+        eligible_fen=sim.income_fen.get((gap_city, "resident"), 0) - sim.paid_fen.get((gap_city, "resident"), 0) + gap_fen,
+        amount_fen=sim.income_fen.get((gap_city, "resident"), 0) - sim.paid_fen.get((gap_city, "resident"), 0) + gap_fen,
+    )
+    allocation = sim.envelope("AdjustmentFundAllocated", sim._at(27, 0), "nhsa.anhui")
+    allocation.update(
+        city=gap_city, scheme="resident", fiscal_year=year, gap_fen=gap_fen, reason="major_epidemic",
+        amount_fen=gap_fen * policy.gap_share_bp["major_epidemic"] // 10_000,
+    )
+    paid = sim.paid_fen.get((budget_city, "resident"), 0)
+    cut = sim.envelope("BudgetAdjusted", sim._at(26, 0), "nhsa.anhui")
+    cut.update(city=budget_city, scheme="resident", fiscal_year=year,
+               income_fen=sim.base_fen[(budget_city, "resident")], expenditure_fen=paid)
+    refused = sim.envelope("ClaimPaid", sim._at(26, 60), "settlement.anhui")
+    refused.update(
+        city=budget_city, scheme="resident", claim_id="C-over-budget", institution_id=f"H{budget_city}002",
+        hospital_level="secondary", category="outpatient", eligible_fen=500_000, amount_fen=500_000,
+    )
+    raised = {**cut, "event_id": sim._event_id(), "occurred_at": sim._at(26, 120), "expenditure_fen": paid + 500_000}
+    paid_after = {**refused, "event_id": sim._event_id(), "occurred_at": sim._at(26, 180)}
+    phase2 = [big_claim, allocation, cut, refused, raised, paid_after]
+
+    closes = []
+    for city in [*cities, None]:
+        for scheme in ("employee", "resident"):
+            close = sim.envelope("FiscalYearClosed", f"{year + 1}-01-05T10:00:00+08:00", "nhsa.anhui")
+            close.update(scheme=scheme, fiscal_year=year, **({"city": city} if city else {}))
+            closes.append(close)
+
+    late = sim.envelope("ClaimPaid", f"{year}-12-31T20:00:00+08:00", "settlement.anhui")
+    late.update(city=cities[0], scheme="employee", claim_id="C-late", institution_id=f"H{cities[0]}003",
+                hospital_level="primary", category="outpatient", eligible_fen=10_000, amount_fen=10_000)
+    employee_extractions = []
+    for city in cities[:4]:
+        extraction = sim.envelope("AdjustmentFundExtracted", f"{year + 1}-01-10T10:00:00+08:00", "nhsa.anhui")
+        extraction.update(city=city, scheme="employee", fiscal_year=year + 1, amount_fen=1_000_000)
+        employee_extractions.append(extraction)
+    return [
+        (f"{year}-12: openings, budgets, the month, resident extractions", phase1),
+        (f"{year}-12: a gap allocation and a budget adjustment", phase2),
+        (f"{year + 1}-01-05: year {year} closed", closes),
+        (f"{year + 1}-01: a late {year} claim and the first employee extractions", [late, *employee_extractions]),
+    ]
 
 
 def key_of(event: dict[str, Any]) -> bytes:
