@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 from uuid import UUID, uuid5
 
 import structlog
@@ -23,7 +23,14 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from ledger import accounts, movements
-from ledger.aggregates import POLICY_BOOK_ID, Fund, PolicyBook, Receipt, position_receipt_id, receipt_id
+from ledger.aggregates import (
+    POLICY_BOOK_ID,
+    Fund,
+    PolicyBook,
+    Receipt,
+    position_receipt_id,
+    receipt_id,
+)
 from ledger.clock import business_date_of, fiscal_year_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import load_packaged_policy
@@ -33,14 +40,14 @@ from schemas.events import (
     BudgetAdjusted,
     BudgetApproved,
     ClaimPaid,
+    ContributionReceived,
     EventReversed,
     FiscalYearClosed,
-    PolicyAdopted,
-    ContributionReceived,
     InterestCredited,
     InvalidJson,
     InvalidSchema,
     OpeningBalanceRecorded,
+    PolicyAdopted,
     SubsidyDisbursed,
     UpstreamEvent,
     parse_event,
@@ -110,11 +117,16 @@ class _WorkingSet:
     def get(self, id: UUID, create: Callable[[], Aggregate] | None = None) -> Aggregate | None:
         if id not in self.aggregates:
             try:
-                self.aggregates[id] = self.ledger.repository.get(id)
+                found: Aggregate = self.ledger.repository.get(id)
             except AggregateNotFoundError:
                 if create is None:
                     return None
-                self.aggregates[id] = create()
+                found = create()
+            else:
+                if id == POLICY_BOOK_ID:  # adopted by any consumer: never decide on a stale copy
+                    for event in self.ledger.events.get(id, gt=found.version):
+                        event.mutate(found)
+            self.aggregates[id] = found
         return self.aggregates[id]
 
     def fund(self, account: str) -> Fund:
@@ -137,8 +149,14 @@ class Ledger(Application[UUID]):
     """The provincial pooling ledger."""
 
     name = "Ledger"
-    snapshotting_intervals = {Fund: FUND_SNAPSHOT_INTERVAL}
-    env = {"AGGREGATE_CACHE_MAXSIZE": "5000", "AGGREGATE_CACHE_FASTFORWARD": "n"}
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Fund: FUND_SNAPSHOT_INTERVAL}
+    # The consumer is the only writer of its cities' funds: keep them in memory between
+    # batches instead of re-reading them (a conflicting writer makes the save fail, and the
+    # batch is decided again on fresh state).
+    env: ClassVar[dict[str, str]] = {
+        "AGGREGATE_CACHE_MAXSIZE": "5000",
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+    }
 
     def __init__(self, env: dict[str, str] | None = None, seed_policy: Policy | None = None):
         super().__init__(env)
@@ -177,7 +195,7 @@ class Ledger(Application[UUID]):
 
     def receipt(self, event_id: str) -> Receipt | None:
         try:
-            found = self.repository.get(receipt_id(event_id))
+            found: object = self.repository.get(receipt_id(event_id))
         except AggregateNotFoundError:
             return None
         assert isinstance(found, Receipt)
@@ -185,7 +203,7 @@ class Ledger(Application[UUID]):
 
     def fund(self, account: str) -> Fund | None:
         try:
-            found = self.repository.get(accounts.fund_id(account))
+            found: object = self.repository.get(accounts.fund_id(account))
         except AggregateNotFoundError:
             return None
         assert isinstance(found, Fund)
@@ -193,7 +211,7 @@ class Ledger(Application[UUID]):
 
     def policy_book(self) -> PolicyBook | None:
         try:
-            found = self.repository.get(POLICY_BOOK_ID)
+            found: object = self.repository.get(POLICY_BOOK_ID)
         except AggregateNotFoundError:
             return None
         assert isinstance(found, PolicyBook)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -36,10 +37,10 @@ class Rejected(Exception):
     """
 
     def __init__(
-        self, reason: Reason, rule: str, detail: str, facts: dict[str, object] | None = None
+        self, reason: Reason, rule: str, detail: str, facts: Mapping[str, object] | None = None
     ) -> None:
         super().__init__(f"{reason.value} ({rule}): {detail}")
         self.reason = reason
         self.rule = rule
         self.detail = detail
-        self.facts = facts or {}
+        self.facts = dict(facts or {})

@@ -9,6 +9,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ledger import accounts
+from ledger.aggregates import (
+    ALLOCATION_CATEGORY as ALLOCATION,
+)
+from ledger.aggregates import (
+    CLAIM_PREFIX,
+    CONTRIBUTION_PREFIX,
+    PRIOR_YEAR_PREFIX,
+    SUBSIDY_PREFIX,
+)
+from ledger.aggregates import (
+    EXTRACTION_CATEGORY as EXTRACTION,
+)
+from ledger.aggregates import (
+    INTEREST_CATEGORY as INTEREST,
+)
+from ledger.aggregates import (
+    OPENING_CATEGORY as OPENING,
+)
 from ledger.clock import fiscal_year_of
 from schemas.events import (
     AdjustmentFundAllocated,
@@ -19,17 +37,6 @@ from schemas.events import (
     InterestCredited,
     OpeningBalanceRecorded,
     SubsidyDisbursed,
-)
-
-from ledger.aggregates import (
-    ALLOCATION_CATEGORY as ALLOCATION,
-    CLAIM_PREFIX,
-    CONTRIBUTION_PREFIX,
-    EXTRACTION_CATEGORY as EXTRACTION,
-    INTEREST_CATEGORY as INTEREST,
-    OPENING_CATEGORY as OPENING,
-    PRIOR_YEAR_PREFIX,
-    SUBSIDY_PREFIX,
 )
 
 
