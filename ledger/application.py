@@ -14,12 +14,12 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
 from uuid import UUID, uuid5
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, AggregateEvent
 from eventsourcing.persistence import IntegrityError
 
 from ledger import accounts, movements
@@ -125,7 +125,7 @@ class _WorkingSet:
             else:
                 if id == POLICY_BOOK_ID:  # adopted by any consumer: never decide on a stale copy
                     for event in self.ledger.events.get(id, gt=found.version):
-                        event.mutate(found)
+                        cast(AggregateEvent, event).mutate(found)
             self.aggregates[id] = found
         return self.aggregates[id]
 
