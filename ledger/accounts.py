@@ -104,8 +104,9 @@ FORWARD_EDGES = frozenset(
         ("province_adjustment", "city_pooling"),
     }
 )
-#: A reversal (P2) takes an edge backwards, e.g. a city fund returning a subsidy paid by mistake.
-REVERSED_EDGES = frozenset((credit, debit) for debit, credit in FORWARD_EDGES)
+#: A reversal (P2) takes an edge backwards, e.g. a city fund returning a subsidy paid by
+#: mistake; a reversal of a reversal takes it forwards again.
+REVERSED_EDGES = frozenset((credit, debit) for debit, credit in FORWARD_EDGES) | FORWARD_EDGES
 
 
 def edge_violation(debit_account: str, credit_account: str, *, reversal: bool = False) -> str | None:

@@ -306,14 +306,15 @@ class Fund(Aggregate):
     def extraction_base_fen(self, fiscal_year: int, with_subsidies: bool) -> int:
         """The collected income of the year before `fiscal_year` (X2, P1).
 
-        Fixed by the close of that year when there was one; else the opening's
-        `previous_year_income_fen` for the go-live year; else the ledger's own totals.
+        For the go-live year, the audited figure of the opening (the ledger has no history
+        of the year before); else the figure fixed by the close of that year; else the
+        ledger's own totals.
         """
         previous = fiscal_year - 1
-        if previous in self.closed_years:
-            return self.closed_years[previous]
         if self.opening is not None and self.opening["fiscal_year"] == fiscal_year:
             return self.opening["previous_year_income_fen"]
+        if previous in self.closed_years:
+            return self.closed_years[previous]
         return self.collected_income_fen(previous, with_subsidies)
 
     def gap_fen(self, fiscal_year: int) -> int:

@@ -353,6 +353,7 @@ class Ledger(Application[UUID]):
     def _claim(self, e: ClaimPaid, policy: Policy, work: _WorkingSet) -> movements.Transfer:
         transfer = movements.claim(e)
         fund = work.fund(transfer.debit_account)
+        fund.check_period_open(transfer.fiscal_year)  # a closed year's reason comes first
         fund.check_within_budget(transfer.fiscal_year, e.amount_fen, policy.require_budget)
         return self._book(transfer, work)
 
@@ -362,6 +363,7 @@ class Ledger(Application[UUID]):
     def _opening(self, e: OpeningBalanceRecorded, policy: Policy, work: _WorkingSet) -> movements.Transfer:
         transfer = movements.opening(e)
         fund = work.fund(transfer.credit_account)
+        fund.check_period_open(transfer.fiscal_year)
         fund.check_opening_comes_first()
         fund.record_opening(transfer.as_booking(), e.previous_year_income_fen, e.fiscal_year)
         return transfer
@@ -469,13 +471,14 @@ class Ledger(Application[UUID]):
         """X1: the adjustment fund of a scheme works only from its phase date."""
         start = policy.adjustment_from.get(e.scheme)
         day = business_date_of(e.occurred_at)
-        if start is None or day < start:
+        # Both the day it happens and the fiscal year it is for must be in the phase.
+        if start is None or day < start or e.fiscal_year < start.year:
             when = f"from {start}" if start else "not at all under this policy"
             raise Rejected(
                 Reason.phase_not_active,
                 "X1",
                 f"the {e.scheme.value} adjustment fund operates {when}; the event is dated {day} "
-                "(China Standard Time)",
+                f"(China Standard Time) for fiscal year {e.fiscal_year}",
                 {"adjustment_from": str(start) if start else None, "business_date": str(day)},
             )
 
@@ -506,7 +509,11 @@ class Ledger(Application[UUID]):
     def _province_income_fen(
         self, province: Fund, fiscal_year: int, policy: Policy, work: _WorkingSet
     ) -> int:
-        """X4: the province's collected income of a year, for one scheme (fixed once closed)."""
+        """X4: the province's collected income of a year, for one scheme.
+
+        Fixed by the province's year close; else the sum of the cities' figures (the
+        adjustment fund's own opening speaks of its own income, not the province's).
+        """
         if fiscal_year in province.closed_years:
             return province.closed_years[fiscal_year]
         with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
