@@ -10,6 +10,7 @@ negative.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from schemas.policy import PayerKind, Scheme, SubsidyLevel
@@ -55,6 +56,7 @@ def may_go_negative(account: str) -> bool:
     return not is_fund(account)
 
 
+@lru_cache(maxsize=4096)
 def fund_id(account: str) -> UUID:
     """The aggregate id of a fund account."""
     assert is_fund(account), account
@@ -104,9 +106,8 @@ FORWARD_EDGES = frozenset(
         ("province_adjustment", "city_pooling"),
     }
 )
-#: A reversal (P2) takes an edge backwards, e.g. a city fund returning a subsidy paid by
-#: mistake; a reversal of a reversal takes it forwards again.
-REVERSED_EDGES = frozenset((credit, debit) for debit, credit in FORWARD_EDGES) | FORWARD_EDGES
+#: A reversal (P2) takes an edge backwards, e.g. a city fund returning a subsidy paid by mistake.
+REVERSED_EDGES = frozenset((credit, debit) for debit, credit in FORWARD_EDGES)
 
 
 def edge_violation(debit_account: str, credit_account: str, *, reversal: bool = False) -> str | None:

@@ -180,9 +180,10 @@ class Ledger(Application[UUID]):
 
     def record_batch(self, batch: Sequence[Inbound], **save_kwargs: Any) -> list[Outcome]:
         """Decides every message of `batch` in order and saves all of it in one transaction."""
+        receipt_ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
         for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
-            work = _WorkingSet(self, self._stored_receipts(batch))
-            outcomes = [self._record_one(inbound, work) for inbound in batch]
+            work = _WorkingSet(self, self._stored_receipts(receipt_ids))
+            outcomes = [self._record_one(i, rid, work) for i, rid in zip(batch, receipt_ids, strict=True)]
             try:
                 self.save(*work.aggregates.values(), **save_kwargs)
             except IntegrityError:
@@ -219,9 +220,8 @@ class Ledger(Application[UUID]):
 
     # -- one message ----------------------------------------------------------
 
-    def _record_one(self, inbound: Inbound, work: _WorkingSet) -> Outcome:
+    def _record_one(self, inbound: Inbound, rid: UUID, work: _WorkingSet) -> Outcome:
         fields = _receipt_fields(inbound)
-        rid = _receipt_id_of(inbound, fields["event_id"])
         prior = work.receipt(rid)
         if prior is not None:
             return self._redelivered(prior, fields, inbound)
@@ -426,6 +426,15 @@ class Ledger(Application[UUID]):
                 "P2",
                 f"event {e.original_event_id} is {fate}: only an accepted movement can be reversed",
             )
+        if original.transfer.get("reversal_of"):
+            # Undoing a reversal would book the original movement again without its rules
+            # (caps, budgets): the fact has to come again as a new event instead.
+            raise Rejected(
+                Reason.unknown_original,
+                "P2",
+                f"event {e.original_event_id} is itself a reversal; to restore the movement it "
+                "reversed, publish that movement again as a new event",
+            )
         if original.reversed_by is not None:
             raise Rejected(
                 Reason.already_reversed,
@@ -550,8 +559,7 @@ class Ledger(Application[UUID]):
 
     # -- infrastructure seams -----------------------------------------------
 
-    def _stored_receipts(self, batch: Sequence[Inbound]) -> set[UUID]:
-        ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
+    def _stored_receipts(self, ids: Sequence[UUID]) -> set[UUID]:
         if isinstance(self.recorder, FindsOriginators):
             return self.recorder.select_existing_originators(ids)
         return {i for i in ids if self.recorder.select_events(i, limit=1)}

@@ -1478,15 +1478,17 @@ def test_extraction_for_a_fiscal_year_before_the_phase_is_rejected_even_when_dat
     assert outcome.detail is not None and "fiscal year 2024" in outcome.detail
 
 
-def test_a_reversal_can_itself_be_reversed_and_the_original_movement_stands_again() -> None:
+def test_a_reversal_cannot_be_reversed_because_that_would_rebook_without_the_rules() -> None:
+    """Undoing a reversal of an extraction would extract again past X2/X4: refused."""
     ledger = new_ledger()
-    original = contribution(amount_fen=5_000)
+    feed(ledger, opening(HEFEI, previous_year_income_fen=1_000_000))
+    original = extraction(1_000_000 * RATE_BP // 10_000)
     first = reversal(original)
-    second = reversal(first)
     assert statuses(feed(ledger, original, first)) == [ACCEPTED, ACCEPTED]
-    assert balance(ledger, pooling()) == 0
-    assert statuses(feed(ledger, second)) == [ACCEPTED]
-    assert balance(ledger, pooling()) == 5_000
+    outcome = one(ledger, reversal(first))
+    assert (outcome.status, outcome.reason) == ("rejected", "unknown_original")
+    assert outcome.detail is not None and "itself a reversal" in outcome.detail
+    assert balance(ledger, PROVINCE_RESIDENT) == 0
     assert trial_balance(ledger).total_fen == 0
 
 

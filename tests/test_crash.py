@@ -75,7 +75,7 @@ def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
     assert receipt_count(database_url) < len(events), "the kills should have come before the end"
 
     final = consumer_process(database_url, kafka_bootstrap, topics, "--idle-exit", "2")
-    out, err = final.communicate(timeout=FINAL_RUN_TIMEOUT_S)
+    _, err = final.communicate(timeout=FINAL_RUN_TIMEOUT_S)
     assert final.returncode == 0, err.decode()[-3000:]
 
     ledger = open_ledger(database_url)

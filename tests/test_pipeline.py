@@ -10,8 +10,8 @@ import pytest
 
 from consumers.store import open_ledger
 from ledger.audit import FUND_EVENT_TOPICS, fold
-from pooling_ledger.simulate import Simulation
 from ledger.policy import load_packaged_policy
+from pooling_ledger.simulate import Simulation
 from tests.pipeline_support import (
     claim,
     contribution,
