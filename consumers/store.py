@@ -8,7 +8,8 @@ PostgreSQL itself and answers "which of these receipts exist?" in one query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,7 @@ from ledger.application import Ledger
 from schemas.policy import Policy
 
 POSITIONS_TABLE = "kafka_positions"
+SCHEMA_LOCK = "pooling-ledger:schema"
 
 
 class LedgerRecorder(PostgresProcessRecorder):
@@ -69,6 +71,24 @@ class LedgerRecorder(PostgresProcessRecorder):
             "SELECT DISTINCT originator_id FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s) AND originator_version = 1"
         ).format(schema=schema, table=table)
+
+    def create_table(self) -> None:
+        """Creates the schema once, however many processes open the ledger at the same time."""
+        with self.serialised([SCHEMA_LOCK]):
+            super().create_table()
+
+    @contextmanager
+    def serialised(self, keys: Sequence[str]) -> Iterator[None]:
+        """Holds a session advisory lock per key (in order, so writers never deadlock)."""
+        with self.datastore.get_connection() as conn:
+            conn.autocommit = True
+            try:
+                for key in keys:
+                    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.autocommit = False
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int]] = kwargs.get("positions", ())

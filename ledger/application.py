@@ -12,7 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
 from uuid import UUID, uuid5
@@ -52,12 +55,14 @@ from schemas.events import (
     UpstreamEvent,
     parse_event,
 )
-from schemas.policy import ExtractionBase, Policy
+from schemas.policy import ExtractionBase, Policy, Scheme
 
 log = structlog.get_logger("ledger")
 
 #: How often a batch is retried when another writer saved the same aggregate first.
-SAVE_ATTEMPTS_MAX = 8
+SAVE_ATTEMPTS_MAX = 20
+#: Random wait before a retry, times the attempt number, so colliding writers spread out.
+RETRY_BACKOFF_S = 0.02
 #: Fund snapshots keep aggregate reconstruction bounded however long the history.
 FUND_SNAPSHOT_INTERVAL = 1000
 
@@ -106,6 +111,29 @@ class FindsOriginators(Protocol):
     def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]: ...
 
 
+@runtime_checkable
+class SerialisesWriters(Protocol):
+    """A recorder that can make writers of the same named aggregates take turns (PostgreSQL)."""
+
+    def serialised(self, keys: Sequence[str]) -> AbstractContextManager[object]: ...
+
+
+def _shared_aggregates(batch: Sequence[Inbound]) -> set[str]:
+    """The aggregates this batch may write that writers of other partitions share."""
+    keys: set[str] = set()
+    for inbound in batch:
+        e = inbound.event
+        if e is None:
+            continue
+        if isinstance(e, AdjustmentFundExtracted | AdjustmentFundAllocated) or isinstance(e, InterestCredited | OpeningBalanceRecorded | FiscalYearClosed) and e.city is None:
+            keys.add(accounts.province_adjustment(e.scheme))
+        elif isinstance(e, EventReversed):  # may undo an extraction or an allocation
+            keys.update(accounts.province_adjustment(s) for s in Scheme)
+        elif isinstance(e, PolicyAdopted):
+            keys.add("policy-book")
+    return keys
+
+
 @dataclass
 class _WorkingSet:
     """The aggregates one batch reads and changes; saved together or not at all."""
@@ -123,9 +151,11 @@ class _WorkingSet:
                     return None
                 found = create()
             else:
-                if id == POLICY_BOOK_ID:  # adopted by any consumer: never decide on a stale copy
-                    for event in self.ledger.events.get(id, gt=found.version):
-                        cast(AggregateEvent, event).mutate(found)
+                # The cache saves re-reading what this process wrote, but another writer (a
+                # consumer of other partitions, or of these after a rebalance) may have moved
+                # the aggregate on: a decision, even a rejection, is taken on its latest state.
+                for event in self.ledger.events.get(id, gt=found.version):
+                    cast(AggregateEvent, event).mutate(found)
             self.aggregates[id] = found
         return self.aggregates[id]
 
@@ -181,18 +211,33 @@ class Ledger(Application[UUID]):
     def record_batch(self, batch: Sequence[Inbound], **save_kwargs: Any) -> list[Outcome]:
         """Decides every message of `batch` in order and saves all of it in one transaction."""
         receipt_ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
-        for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
-            work = _WorkingSet(self, self._stored_receipts(receipt_ids))
-            outcomes = [self._record_one(i, rid, work) for i, rid in zip(batch, receipt_ids, strict=True)]
-            try:
-                self.save(*work.aggregates.values(), **save_kwargs)
-            except IntegrityError:
-                # Another writer saved one of our aggregates first: decide again on fresh state.
-                log.warning("batch_conflict_retry", attempt=attempt, size=len(batch))
-                self._forget_cached_aggregates()
-                continue
-            return outcomes
+        with self._serialised(_shared_aggregates(batch)):
+            for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
+                work = _WorkingSet(self, self._stored_receipts(receipt_ids))
+                outcomes = [
+                    self._record_one(i, rid, work) for i, rid in zip(batch, receipt_ids, strict=True)
+                ]
+                try:
+                    self.save(*work.aggregates.values(), **save_kwargs)
+                except IntegrityError:
+                    # Another writer saved one of our aggregates first: decide again on fresh state.
+                    log.warning("batch_conflict_retry", attempt=attempt, size=len(batch))
+                    self._forget_cached_aggregates()
+                    time.sleep(random.uniform(0, RETRY_BACKOFF_S * attempt))
+                    continue
+                return outcomes
         raise RuntimeError(f"batch still conflicting after {SAVE_ATTEMPTS_MAX} attempts")
+
+    def _serialised(self, keys: set[str]) -> AbstractContextManager[object]:
+        """Writers of shared aggregates (the adjustment funds, the policy book) take turns.
+
+        Optimistic concurrency alone keeps them correct, but a writer that keeps losing the
+        race to a busy one could starve; a lock per shared aggregate lets each decide on
+        fresh state and save without a conflict.
+        """
+        if keys and isinstance(self.recorder, SerialisesWriters):
+            return self.recorder.serialised(sorted(keys))
+        return nullcontext()
 
     def receipt(self, event_id: str) -> Receipt | None:
         try:
