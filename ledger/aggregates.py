@@ -87,6 +87,7 @@ class Fund(Aggregate):
         self.check_budget_has_no_cumulative_deficit(fiscal_year, income_fen, expenditure_fen)
         self.trigger_event(
             self.BudgetSet,
+            account=self.account,
             fiscal_year=fiscal_year,
             income_fen=income_fen,
             expenditure_fen=expenditure_fen,
@@ -99,7 +100,11 @@ class Fund(Aggregate):
         if fiscal_year in self.closed_years:
             return False
         self.trigger_event(
-            self.YearClosed, fiscal_year=fiscal_year, income_fen=income_fen, close_event_id=event_id
+            self.YearClosed,
+            account=self.account,
+            fiscal_year=fiscal_year,
+            income_fen=income_fen,
+            close_event_id=event_id,
         )
         return True
 
@@ -369,6 +374,7 @@ class Fund(Aggregate):
             }
 
     class BudgetSet(AggregateEvent):
+        account: str
         fiscal_year: int
         income_fen: int
         expenditure_fen: int
@@ -384,6 +390,7 @@ class Fund(Aggregate):
             }
 
     class YearClosed(AggregateEvent):
+        account: str
         fiscal_year: int
         income_fen: int
         close_event_id: str

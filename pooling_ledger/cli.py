@@ -60,6 +60,9 @@ def demo(
     ] = 150,
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
     as_json: JsonFlag = False,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Exit after the report instead of serving the dashboard.")
+    ] = False,
 ) -> None:
     """Run a simulated month of the 16 Anhui cities through Kafka and the ledger, and print the result.
 
@@ -67,10 +70,14 @@ def demo(
     KAFKA_BOOTSTRAP_SERVERS are set), publishes the month's events with a few bad and
     duplicate ones, consumes them into the ledger, and prints per-city balances, the
     rejections by reason (read back from pooling.rejections.v1) and the trial balance.
+    Then it projects the treasury's read tables and serves the dashboard until Ctrl-C
+    (not with --no-serve or --json).
     """
     from pooling_ledger.demo import run_demo
 
-    run_demo(_settings(), events_per_city=events_per_city, seed=seed, as_json=as_json)
+    run_demo(
+        _settings(), events_per_city=events_per_city, seed=seed, as_json=as_json, serve=not no_serve
+    )
 
 
 @app.command()
@@ -107,6 +114,80 @@ def consume(
             relay.close()
             ledger.close()
     typer.echo(json.dumps({"batches": stats.batches, **dict(stats.outcomes)}))
+
+
+@app.command()
+def project(
+    until_caught_up: Annotated[
+        bool, typer.Option("--until-caught-up", help="Stop once every recorded event is projected.")
+    ] = False,
+) -> None:
+    """Feed the treasury's read tables from the ledger's notification log, until SIGTERM/SIGINT.
+
+    Each page is applied with its position in one transaction: a restart double-counts nothing.
+    """
+    from consumers.store import open_ledger
+    from pooling_ledger.services import database
+    from projections.projector import Projector
+    from projections.service import project_loop
+
+    settings = _settings()
+    stop = _stop_flag()
+    with database(settings) as url:
+        ledger = open_ledger(url, _seed_policy(settings))
+        projector = Projector(ledger, url)
+        try:
+            applied = project_loop(projector, lambda: stop[0], idle_exit=until_caught_up)
+            lag = projector.lag()
+        finally:
+            projector.close()
+            ledger.close()
+    typer.echo(json.dumps({"projected": applied, "lag": lag}))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default POOLING_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default POOLING_API_PORT; 0 = any free port).")] = None,
+    no_project: Annotated[
+        bool, typer.Option("--no-project", help="Do not run the projector in this process.")
+    ] = False,
+) -> None:
+    """Serve the read API (/v1, OpenAPI at /docs) and the dashboard (/dashboard) until interrupted.
+
+    Reads go through the read-only role POOLING_READER_ROLE. Every /v1 call needs the bearer
+    token POOLING_API_TOKEN; without one, a random token is made for this run and printed
+    with the dashboard's link.
+    """
+    from pooling_ledger.embedded import free_port
+    from pooling_ledger.services import database
+    from projections.service import api_token
+    from projections.service import serve as serve_api
+
+    settings = _settings()
+    token = api_token(settings.api_token)
+    chosen_port = port if port is not None else settings.api_port
+    with database(settings) as url:
+        serve_api(
+            url,
+            host=host or settings.api_host,
+            port=chosen_port or free_port(),
+            token=token,
+            reader_role=settings.reader_role,
+            reader_password=settings.reader_password,
+            seed_policy=_seed_policy(settings),
+            project=not no_project,
+            on_ready=lambda base: typer.echo(_serving_message(base, token, settings.api_token is None)),
+        )
+
+
+def _serving_message(base: str, token: str, generated: bool) -> str:
+    return (
+        f"dashboard: {base}/dashboard#token={token}\n"
+        f"API:       {base}/v1/... with 'Authorization: Bearer {token}'"
+        + (" (a token made for this run; set POOLING_API_TOKEN to choose one)" if generated else "")
+        + f"\nOpenAPI:   {base}/docs\nstop with Ctrl-C"
+    )
 
 
 @app.command()

@@ -21,8 +21,13 @@ from ledger import accounts
 from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, fold
 from ledger.policy import load_packaged_policy
+from pooling_ledger.embedded import free_port
 from pooling_ledger.services import database, kafka
 from pooling_ledger.settings import Settings
+from projections.projector import Projector
+from projections.service import api_token
+from projections.service import serve as serve_api
+from schemas.policy import Policy
 from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 
 DEMO_IDLE_EXIT_S = 0.8
@@ -73,7 +78,9 @@ def demo_settings(settings: Settings) -> Settings:
     return demo
 
 
-def run_demo(settings: Settings, *, events_per_city: int, seed: int, as_json: bool) -> None:
+def run_demo(
+    settings: Settings, *, events_per_city: int, seed: int, as_json: bool, serve: bool = True
+) -> None:
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     policy = load_packaged_policy()
     settings = demo_settings(settings)
@@ -117,11 +124,34 @@ def run_demo(settings: Settings, *, events_per_city: int, seed: int, as_json: bo
             "database_url": url,
             "kafka_bootstrap_servers": bootstrap,
         }
+        projector = Projector(ledger, url)
+        report["projected"] = projector.run_until_caught_up()
+        projector.close()
         ledger.close()
-    if as_json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-        return
-    print_report(console, report, trial, settings)
+        if as_json:
+            print(json.dumps(report, ensure_ascii=False, indent=2))
+        else:
+            print_report(console, report, trial, settings)
+        if serve and not as_json:
+            serve_dashboard(console, settings, url, policy)
+
+
+def serve_dashboard(console: Console, settings: Settings, url: str, policy: Policy) -> None:
+    """The demo ends by serving the treasury's dashboard on the demo's store, until Ctrl-C."""
+    token = api_token(settings.api_token)
+    serve_api(
+        url,
+        host=settings.api_host,
+        port=settings.api_port or free_port(),
+        token=token,
+        reader_role=settings.reader_role,
+        reader_password=settings.reader_password,
+        seed_policy=policy,
+        on_ready=lambda base: console.print(
+            f"\n[bold]Treasury dashboard:[/] {base}/dashboard#token={token}\n"
+            f"API: {base}/docs (bearer token {token}); stop with Ctrl-C"
+        ),
+    )
 
 
 def adjustment_funds(ledger: Ledger, year: int) -> list[dict[str, Any]]:

@@ -1,0 +1,230 @@
+"""The projector: the ledger's notification log into the treasury's read tables.
+
+Each page of notifications is applied in one PostgreSQL transaction that also moves
+the projection's position in `pl_tracking`, so a projector killed at any point and
+restarted applies every notification exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+import structlog
+from eventsourcing.utils import get_topic
+from psycopg.types.json import Jsonb
+
+from ledger import accounts
+from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.application import Ledger
+from ledger.clock import business_date_of
+
+log = structlog.get_logger("projections")
+
+PROJECTION_NAME = "treasury"
+PAGE_SIZE_MAX = 5000
+SCHEMA_LOCK = "pooling-ledger:projections-schema"
+TOPICS = tuple(
+    get_topic(cls)
+    for cls in (
+        Receipt.Accepted,
+        Receipt.Rejected,
+        Receipt.ConflictingDeliveryRejected,
+        Fund.BudgetSet,
+        Fund.YearClosed,
+        PolicyBook.PolicyAdopted,
+    )
+)
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    """Creates the read tables (idempotent; one process at a time)."""
+    ddl = (resources.files("projections") / "schema.sql").read_text("utf-8")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA_LOCK,))
+        conn.execute(ddl)
+        conn.execute(
+            "INSERT INTO pl_tracking VALUES (%s, 0) ON CONFLICT DO NOTHING", (PROJECTION_NAME,)
+        )
+
+
+class _Page:
+    """The rows one page of notifications adds to each table."""
+
+    def __init__(self) -> None:
+        self.postings: list[tuple[Any, ...]] = []
+        self.balances: dict[str, int] = defaultdict(int)
+        self.daily: dict[tuple[str, Any], int] = defaultdict(int)
+        self.events: list[tuple[Any, ...]] = []
+        self.rejections: dict[tuple[str, str], int] = defaultdict(int)
+        self.budgets: list[tuple[Any, ...]] = []
+        self.openings: list[tuple[Any, ...]] = []
+        self.closed_years: list[tuple[Any, ...]] = []
+        self.policies: list[tuple[Any, ...]] = []
+
+    def add(self, notification_id: int, event: Any) -> None:
+        if isinstance(event, Receipt.Accepted):
+            self._accepted(notification_id, event)
+        elif isinstance(event, Receipt.Rejected):
+            self._fate(notification_id, event, "rejected", event.reason, event.detail)
+            self.rejections[(event.reason, _service(event.payload))] += 1
+        elif isinstance(event, Receipt.ConflictingDeliveryRejected):
+            self.rejections[(event.reason, _service(event.payload))] += 1
+        elif isinstance(event, Fund.BudgetSet):
+            name = accounts.AccountName.parse(event.account)
+            self.budgets.append(
+                (name.city, name.scheme, event.fiscal_year, event.income_fen,
+                 event.expenditure_fen, event.kind, event.budget_event_id)
+            )
+        elif isinstance(event, Fund.YearClosed):
+            self.closed_years.append((event.account, event.fiscal_year, event.income_fen))
+        elif isinstance(event, PolicyBook.PolicyAdopted):
+            self.policies.append((event.policy["effective_from"], notification_id, Jsonb(event.policy)))
+
+    def _accepted(self, notification_id: int, event: Any) -> None:
+        self._fate(notification_id, event, "accepted", None, None)
+        transfer, payload = event.transfer, event.payload
+        if transfer is None:
+            return
+        occurred_at = datetime.fromisoformat(transfer["occurred_at"])
+        day = business_date_of(occurred_at)
+        subcategory = payload.get("hospital_level") if event.event_type == "ClaimPaid" else None
+        for account, counter, sign in (
+            (transfer["credit_account"], transfer["debit_account"], 1),
+            (transfer["debit_account"], transfer["credit_account"], -1),
+        ):
+            amount = sign * transfer["amount_fen"]
+            self.postings.append(
+                (notification_id, event.event_id, event.event_type, account, counter, amount,
+                 transfer["category"], subcategory, transfer["fiscal_year"], occurred_at, day,
+                 bool(transfer.get("prior_year_adjustment")))
+            )
+            self.balances[account] += amount
+            self.daily[(account, day)] += amount
+        if event.event_type == "OpeningBalanceRecorded":
+            self.openings.append(
+                (transfer["credit_account"], payload["fiscal_year"], payload["balance_fen"],
+                 payload["previous_year_income_fen"])
+            )
+
+    def _fate(
+        self, notification_id: int, event: Any, status: str, reason: str | None, detail: str | None
+    ) -> None:
+        if event.event_id is None:  # not JSON, or no event_id: counted, not addressable
+            return
+        source = event.source or {}
+        self.events.append(
+            (event.event_id, status, reason, detail, event.event_type, _service(event.payload),
+             source.get("topic"), source.get("partition"), source.get("offset"), notification_id)
+        )
+
+    def write(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO pl_postings VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", self.postings
+            )
+            cur.executemany(
+                "INSERT INTO pl_account_balances VALUES (%s, %s) ON CONFLICT (account) DO UPDATE"
+                " SET balance_fen = pl_account_balances.balance_fen + EXCLUDED.balance_fen",
+                sorted(self.balances.items()),
+            )
+            cur.executemany(
+                "INSERT INTO pl_account_daily VALUES (%s, %s, %s) ON CONFLICT (account, business_date)"
+                " DO UPDATE SET net_fen = pl_account_daily.net_fen + EXCLUDED.net_fen",
+                [(a, d, n) for (a, d), n in sorted(self.daily.items())],
+            )
+            cur.executemany(
+                "INSERT INTO pl_events VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                self.events,
+            )
+            cur.executemany(
+                "INSERT INTO pl_rejections VALUES (%s, %s, %s) ON CONFLICT (reason, source_service)"
+                " DO UPDATE SET count = pl_rejections.count + EXCLUDED.count",
+                [(r, s, n) for (r, s), n in sorted(self.rejections.items())],
+            )
+            cur.executemany(
+                "INSERT INTO pl_budgets VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (city, scheme, fiscal_year)"
+                " DO UPDATE SET income_fen = EXCLUDED.income_fen, expenditure_fen = EXCLUDED.expenditure_fen,"
+                " kind = EXCLUDED.kind, event_id = EXCLUDED.event_id",
+                self.budgets,
+            )
+            cur.executemany(
+                "INSERT INTO pl_openings VALUES (%s,%s,%s,%s) ON CONFLICT (account) DO NOTHING", self.openings
+            )
+            cur.executemany(
+                "INSERT INTO pl_closed_years VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", self.closed_years
+            )
+            cur.executemany("INSERT INTO pl_policies VALUES (%s,%s,%s)", self.policies)
+
+
+def _service(payload: dict[str, Any] | None) -> str:
+    return str((payload or {}).get("source") or "unknown")
+
+
+class Projector:
+    """Applies the notification log to the read tables, one transaction per page."""
+
+    def __init__(self, ledger: Ledger, database_url: str, page_size: int = PAGE_SIZE_MAX) -> None:
+        self.ledger = ledger
+        self.page_size = page_size
+        self.conn = psycopg.connect(database_url)
+        ensure_schema(self.conn)
+
+    def position(self) -> int:
+        row = self.conn.execute(
+            "SELECT notification_id FROM pl_tracking WHERE projection = %s", (PROJECTION_NAME,)
+        ).fetchone()
+        self.conn.commit()
+        return int(row[0]) if row else 0
+
+    def run_once(self) -> int:
+        """Projects one page; returns how many notifications it applied."""
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "SELECT notification_id FROM pl_tracking WHERE projection = %s FOR UPDATE",
+                (PROJECTION_NAME,),
+            ).fetchone()
+            start = int(row[0]) + 1 if row else 1
+            notifications = self.ledger.recorder.select_notifications(
+                start, self.page_size, topics=TOPICS
+            )
+            if not notifications:
+                return 0
+            page = _Page()
+            for n in notifications:
+                page.add(n.id, self.ledger.mapper.to_domain_event(n))
+            page.write(self.conn)
+            self.conn.execute(
+                "UPDATE pl_tracking SET notification_id = %s WHERE projection = %s",
+                (notifications[-1].id, PROJECTION_NAME),
+            )
+        return len(notifications)
+
+    def run_until_caught_up(self) -> int:
+        total = 0
+        while applied := self.run_once():
+            total += applied
+        return total
+
+    def lag(self) -> int:
+        return lag(self.conn, self.ledger.recorder.events_table_name)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def lag(conn: psycopg.Connection[Any], events_table: str = "ledger_events") -> int:
+    """Notifications of the projected kinds the ledger has recorded and the projection has not."""
+    row = conn.execute(
+        psycopg.sql.SQL(
+            "SELECT count(*) FROM {} WHERE notification_id > "
+            "(SELECT notification_id FROM pl_tracking WHERE projection = %s) AND topic = ANY(%s)"
+        ).format(psycopg.sql.Identifier(events_table)),
+        (PROJECTION_NAME, list(TOPICS)),
+    ).fetchone()
+    return int(row[0]) if row else 0
+

@@ -1,0 +1,389 @@
+"""Reads of the treasury's tables, in the shapes of DESIGN §5 (JSON-able dicts, integer fen).
+
+Everything here reads only the `pl_*` tables (and the event table's positions for the
+lag), so it runs under the read-only role.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from ledger import accounts
+from ledger.aggregates import (
+    ALLOCATION_CATEGORY,
+    CLAIM_PREFIX,
+    CONTRIBUTION_PREFIX,
+    EXTRACTION_CATEGORY,
+    INTEREST_CATEGORY,
+    PRIOR_YEAR_PREFIX,
+    SUBSIDY_PREFIX,
+)
+from ledger.clock import CHINA_STANDARD_TIME, business_date_of
+from projections.projector import lag
+from schemas.policy import ExtractionBase, Policy, Scheme
+
+Conn = psycopg.Connection[Any]
+
+INCOME_PREFIXES = (CONTRIBUTION_PREFIX, SUBSIDY_PREFIX, INTEREST_CATEGORY, ALLOCATION_CATEGORY)
+EXPENDITURE_PREFIXES = (CLAIM_PREFIX, EXTRACTION_CATEGORY)
+RISK_WINDOW_MONTHS = 12
+
+
+class NotFound(LookupError):
+    """The thing asked for is not in the ledger (HTTP 404)."""
+
+
+def now() -> datetime:
+    return datetime.now(CHINA_STANDARD_TIME)
+
+
+# -- policy -------------------------------------------------------------------
+
+
+def policy_in_force(conn: Conn, day: date) -> Policy | None:
+    row = conn.execute(
+        "SELECT policy FROM pl_policies WHERE effective_from <= %s"
+        " ORDER BY effective_from DESC, notification_id DESC LIMIT 1",
+        (day,),
+    ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT policy FROM pl_policies ORDER BY effective_from, notification_id LIMIT 1"
+        ).fetchone()
+    return Policy.model_validate(row[0]) if row else None
+
+
+def cities(conn: Conn, day: date | None = None) -> dict[str, str]:
+    policy = policy_in_force(conn, day or now().date())
+    return dict(policy.cities) if policy else {}
+
+
+# -- balances -------------------------------------------------------------------
+
+
+def trial_balance(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
+    if as_of is None:
+        rows = conn.execute("SELECT account, balance_fen FROM pl_account_balances ORDER BY account").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT account, sum(amount_fen) FROM pl_postings WHERE occurred_at <= %s"
+            " GROUP BY account ORDER BY account",
+            (as_of,),
+        ).fetchall()
+    accounts_ = [{"account": a, "balance_fen": int(b)} for a, b in rows]
+    return {
+        "as_of": (as_of or now()).isoformat(),
+        "accounts": accounts_,
+        "total_fen": sum(a["balance_fen"] for a in accounts_),
+    }
+
+
+def balance_fen(conn: Conn, account: str, as_of: datetime | None = None) -> int:
+    if as_of is None:
+        row = conn.execute("SELECT balance_fen FROM pl_account_balances WHERE account = %s", (account,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT coalesce(sum(amount_fen), 0) FROM pl_postings WHERE account = %s AND occurred_at <= %s",
+            (account, as_of),
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _side(category: str) -> str | None:
+    """Which side of a fund's year a category belongs to (prior-year adjustments by their own)."""
+    base = category.removeprefix(PRIOR_YEAR_PREFIX)
+    if base.startswith(INCOME_PREFIXES):
+        return "income"
+    if base.startswith(EXPENDITURE_PREFIXES):
+        return "expenditure"
+    return None  # the opening balance is neither
+
+
+def fund_year(conn: Conn, account: str, fiscal_year: int, as_of: datetime | None = None) -> dict[str, dict[str, int]]:
+    """Income and expenditure of a fund in a fiscal year by category, net of reversals."""
+    rows = conn.execute(
+        "SELECT category, subcategory, sum(amount_fen) FROM pl_postings"
+        " WHERE account = %s AND fiscal_year = %s AND occurred_at <= %s"
+        " GROUP BY category, subcategory ORDER BY category, subcategory",
+        (account, fiscal_year, as_of or now()),
+    ).fetchall()
+    result: dict[str, dict[str, int]] = {"income": {}, "expenditure": {}}
+    for category, subcategory, total in rows:
+        side = _side(category)
+        if side is None:
+            continue
+        key = f"{category}.{subcategory}" if subcategory else category
+        result[side][key] = result[side].get(key, 0) + (int(total) if side == "income" else -int(total))
+    return result
+
+
+def city_balances(conn: Conn, city: str, scheme: str | None, as_of: datetime | None) -> dict[str, Any]:
+    known = cities(conn)
+    if city not in known:
+        raise NotFound(f"city {city} is not in the policy's city list")
+    moment = as_of or now()
+    year = business_date_of(moment).year
+    schemes = [scheme] if scheme else [s.value for s in Scheme]
+    per_scheme = {}
+    for s in schemes:
+        account = accounts.city_pooling(city, s)
+        flows = fund_year(conn, account, year, moment)
+        per_scheme[s] = {
+            "account": account,
+            "balance_fen": balance_fen(conn, account, as_of),
+            "income_fen": flows["income"],
+            "expenditure_fen": flows["expenditure"],
+        }
+    if scheme:
+        body = per_scheme[scheme]
+    else:  # both books side by side, and their sums (the schemes stay separate books)
+        body = {
+            "balance_fen": sum(v["balance_fen"] for v in per_scheme.values()),
+            "income_fen": _sum_dicts(v["income_fen"] for v in per_scheme.values()),
+            "expenditure_fen": _sum_dicts(v["expenditure_fen"] for v in per_scheme.values()),
+            "schemes": per_scheme,
+        }
+    return {"city": city, "name": known[city], "scheme": scheme, "as_of": moment.isoformat(),
+            "fiscal_year": year, **body}
+
+
+def _sum_dicts(dicts: Any) -> dict[str, int]:
+    total: dict[str, int] = defaultdict(int)
+    for d in dicts:
+        for k, v in d.items():
+            total[k] += v
+    return dict(sorted(total.items()))
+
+
+def daily(conn: Conn, account: str, start: date | None = None, end: date | None = None) -> dict[str, Any]:
+    """Closing balance of `account` on every business day it moved, from `start` to `end`."""
+    rows = conn.execute(
+        "SELECT business_date, sum(net_fen) OVER (ORDER BY business_date)"
+        " FROM pl_account_daily WHERE account = %s ORDER BY business_date",
+        (account,),
+    ).fetchall()
+    days = [
+        {"date": d.isoformat(), "balance_fen": int(b)}
+        for d, b in rows
+        if (start is None or d >= start) and (end is None or d <= end)
+    ]
+    return {"account": account, "days": days}
+
+
+# -- province --------------------------------------------------------------------
+
+
+def collected_income_fen(conn: Conn, account: str, fiscal_year: int, with_subsidies: bool) -> int:
+    prefixes = [CONTRIBUTION_PREFIX + "%"] + ([SUBSIDY_PREFIX + "%"] if with_subsidies else [])
+    row = conn.execute(
+        "SELECT coalesce(sum(amount_fen), 0) FROM pl_postings"
+        " WHERE account = %s AND fiscal_year = %s AND category LIKE ANY(%s)",
+        (account, fiscal_year, prefixes),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def extraction_base_fen(conn: Conn, account: str, fiscal_year: int, with_subsidies: bool) -> int:
+    """The city's collected income of `fiscal_year - 1`, chosen as `Fund.extraction_base_fen` does."""
+    opening = conn.execute(
+        "SELECT previous_year_income_fen FROM pl_openings WHERE account = %s AND fiscal_year = %s",
+        (account, fiscal_year),
+    ).fetchone()
+    if opening:
+        return int(opening[0])
+    closed = conn.execute(
+        "SELECT income_fen FROM pl_closed_years WHERE account = %s AND fiscal_year = %s",
+        (account, fiscal_year - 1),
+    ).fetchone()
+    if closed:
+        return int(closed[0])
+    return collected_income_fen(conn, account, fiscal_year - 1, with_subsidies)
+
+
+def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> dict[str, Any]:
+    moment = as_of or now()
+    year = year or business_date_of(moment).year
+    policy = policy_in_force(conn, business_date_of(moment))
+    if policy is None:
+        return {"year": year, "as_of": moment.isoformat(), "schemes": []}
+    with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
+    schemes = []
+    for scheme in Scheme:
+        province = accounts.province_adjustment(scheme)
+        city_accounts = [accounts.city_pooling(c, scheme) for c in policy.cities]
+        closed = conn.execute(
+            "SELECT income_fen FROM pl_closed_years WHERE account = %s AND fiscal_year = %s",
+            (province, year - 1),
+        ).fetchone()
+        income = int(closed[0]) if closed else sum(
+            extraction_base_fen(conn, a, year, with_subsidies) for a in city_accounts
+        )
+        ceiling = income * policy.pause_ratio_bp // 10_000
+        fund_fen = balance_fen(conn, province, moment)
+        city_fen = sum(balance_fen(conn, a, moment) for a in city_accounts)
+        flows = fund_year(conn, province, year, moment)
+        schemes.append(
+            {
+                "scheme": scheme.value,
+                "city_balances_fen": city_fen,
+                "adjustment_fund_fen": fund_fen,
+                "province_income_fen": income,
+                "pause_ratio_bp": policy.pause_ratio_bp,
+                "ceiling_fen": ceiling,
+                "headroom_fen": max(0, ceiling - fund_fen),
+                "extraction_paused": fund_fen >= ceiling,
+                "extracted_fen": flows["income"].get(EXTRACTION_CATEGORY, 0)
+                - flows["expenditure"].get(EXTRACTION_CATEGORY, 0),
+                "allocated_fen": flows["expenditure"].get(ALLOCATION_CATEGORY, 0)
+                - flows["income"].get(ALLOCATION_CATEGORY, 0),
+                # X6: extractions (up) and allocations (down) are internal: they cancel here.
+                "consolidated_fen": city_fen + fund_fen,
+            }
+        )
+    return {"year": year, "as_of": moment.isoformat(), "schemes": schemes}
+
+
+# -- budgets -----------------------------------------------------------------------
+
+
+def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] | None = None) -> dict[str, Any]:
+    names = names if names is not None else cities(conn)
+    if city not in names:
+        raise NotFound(f"city {city} is not in the policy's city list")
+    row = conn.execute(
+        "SELECT income_fen, expenditure_fen, kind FROM pl_budgets WHERE city = %s AND scheme = %s"
+        " AND fiscal_year = %s",
+        (city, scheme, year),
+    ).fetchone()
+    flows = fund_year(conn, accounts.city_pooling(city, scheme), year, now())
+    income = sum(v for k, v in flows["income"].items() if not k.startswith((ALLOCATION_CATEGORY, PRIOR_YEAR_PREFIX)))
+    claims = sum(v for k, v in flows["expenditure"].items() if k.startswith(CLAIM_PREFIX))
+    planned = {"income_fen": int(row[0]), "expenditure_fen": int(row[1]), "kind": row[2]} if row else None
+    execution_bp = claims * 10_000 // planned["expenditure_fen"] if planned and planned["expenditure_fen"] else None
+    flag = "no_budget" if planned is None else ("over_budget" if execution_bp and execution_bp > 10_000 else None)
+    return {
+        "city": city,
+        "name": names[city],
+        "scheme": scheme,
+        "fiscal_year": year,
+        "budget": planned,
+        "actual": {"income_fen": income, "expenditure_fen": claims},
+        "execution_bp": execution_bp,
+        "execution_pct": f"{execution_bp // 100}.{execution_bp % 100:02d}" if execution_bp is not None else None,
+        "flag": flag,
+    }
+
+
+def budgets(conn: Conn, year: int) -> dict[str, Any]:
+    names = cities(conn)
+    rows = [budget(conn, c, s.value, year, names) for c in names for s in Scheme]
+    return {
+        "year": year,
+        "rows": rows,
+        "without_budget": [{"city": r["city"], "scheme": r["scheme"]} for r in rows if r["budget"] is None],
+    }
+
+
+# -- risk ----------------------------------------------------------------------------
+
+
+def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
+    """Months of expenditure each fund's balance covers (B4), against the policy's band.
+
+    Average monthly expenditure = claims paid over the last 12 months divided by the months
+    of that window the fund has existed in the ledger (at least one), so a new ledger is
+    not flattered by months it has no history of.
+    """
+    moment = as_of or now()
+    day = business_date_of(moment)
+    policy = policy_in_force(conn, day)
+    if policy is None:
+        return {"as_of": moment.isoformat(), "band": None, "rows": []}
+    low, high = policy.risk_band.low_months, policy.risk_band.high_months
+    window_start = _months_before(day, RISK_WINDOW_MONTHS)
+    rows = []
+    for city, name in policy.cities.items():
+        for scheme in Scheme:
+            account = accounts.city_pooling(city, scheme)
+            claims, first_day = conn.execute(
+                "SELECT coalesce(-sum(amount_fen), 0), min(business_date) FROM pl_postings"
+                " WHERE account = %s AND category LIKE %s AND business_date > %s AND occurred_at <= %s",
+                (account, CLAIM_PREFIX + "%", window_start, moment),
+            ).fetchone()
+            months = _months_spanned(first_day, day) if first_day else RISK_WINDOW_MONTHS
+            monthly = int(claims) // months
+            balance = balance_fen(conn, account, moment)
+            covered = balance * 100 // monthly if monthly > 0 else None
+            rows.append(
+                {
+                    "city": city,
+                    "name": name,
+                    "scheme": scheme.value,
+                    "balance_fen": balance,
+                    "monthly_expenditure_fen": monthly,
+                    "months_covered_hundredths": covered,
+                    "months_covered": f"{covered // 100}.{covered % 100:02d}" if covered is not None else None,
+                    "level": _risk_level(covered, low, high),
+                }
+            )
+    return {"as_of": moment.isoformat(), "band": {"low_months": low, "high_months": high}, "rows": rows}
+
+
+def _risk_level(covered_hundredths: int | None, low: int, high: int) -> str:
+    if covered_hundredths is None:
+        return "no_expenditure"
+    if covered_hundredths < low * 50:
+        return "critical"
+    if covered_hundredths < low * 100:
+        return "low"
+    if covered_hundredths > high * 100:
+        return "high"
+    return "ok"
+
+
+def _months_before(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 - months
+    return date(index // 12, index % 12 + 1, 1) - timedelta(days=1)
+
+
+def _months_spanned(first: date, last: date) -> int:
+    return max(1, min(RISK_WINDOW_MONTHS, (last.year - first.year) * 12 + last.month - first.month + 1))
+
+
+# -- events ------------------------------------------------------------------------
+
+
+def event_status(conn: Conn, event_id: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT status, reason, detail, event_type, source_service, kafka_topic, kafka_partition,"
+        " kafka_offset FROM pl_events WHERE event_id = %s",
+        (event_id,),
+    ).fetchone()
+    if row is None:
+        return {"event_id": event_id, "status": "unknown", "reason": None}
+    status, reason, detail, event_type, service, topic, partition, offset = row
+    return {
+        "event_id": event_id,
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "type": event_type,
+        "source": service,
+        "position": {"topic": topic, "partition": partition, "offset": offset} if topic else None,
+    }
+
+
+def rejections(conn: Conn) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT reason, source_service, count FROM pl_rejections ORDER BY reason, source_service"
+    ).fetchall()
+    return {"rows": [{"reason": r, "source": s, "count": int(n)} for r, s, n in rows]}
+
+
+def health(conn: Conn) -> dict[str, Any]:
+    position = conn.execute("SELECT notification_id FROM pl_tracking LIMIT 1").fetchone()
+    return {"status": "ok", "projection_lag": lag(conn), "projection_position": int(position[0]) if position else 0}

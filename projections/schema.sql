@@ -1,0 +1,91 @@
+-- Read models of the provincial treasury, fed from the ledger's notification log.
+-- Every table is written only by the projector, in the same transaction as pl_tracking.
+
+CREATE TABLE IF NOT EXISTS pl_tracking (
+    projection text PRIMARY KEY,
+    notification_id bigint NOT NULL
+);
+
+-- One row per leg of every accepted transfer: credit legs positive, debit legs negative.
+CREATE TABLE IF NOT EXISTS pl_postings (
+    notification_id bigint NOT NULL,
+    event_id text NOT NULL,
+    event_type text NOT NULL,
+    account text NOT NULL,
+    counter_account text NOT NULL,
+    amount_fen bigint NOT NULL,
+    category text NOT NULL,
+    subcategory text,
+    fiscal_year integer NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    business_date date NOT NULL,
+    prior_year_adjustment boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (account, notification_id)
+);
+CREATE INDEX IF NOT EXISTS pl_postings_account_time ON pl_postings (account, occurred_at);
+CREATE INDEX IF NOT EXISTS pl_postings_year ON pl_postings (fiscal_year, account);
+
+CREATE TABLE IF NOT EXISTS pl_account_balances (
+    account text PRIMARY KEY,
+    balance_fen bigint NOT NULL
+);
+
+-- Net change per account and business day; closing balances are its running sum.
+CREATE TABLE IF NOT EXISTS pl_account_daily (
+    account text NOT NULL,
+    business_date date NOT NULL,
+    net_fen bigint NOT NULL,
+    PRIMARY KEY (account, business_date)
+);
+
+CREATE TABLE IF NOT EXISTS pl_events (
+    event_id text PRIMARY KEY,
+    status text NOT NULL,
+    reason text,
+    detail text,
+    event_type text,
+    source_service text,
+    kafka_topic text,
+    kafka_partition integer,
+    kafka_offset bigint,
+    notification_id bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS pl_rejections (
+    reason text NOT NULL,
+    source_service text NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (reason, source_service)
+);
+
+CREATE TABLE IF NOT EXISTS pl_budgets (
+    city text NOT NULL,
+    scheme text NOT NULL,
+    fiscal_year integer NOT NULL,
+    income_fen bigint NOT NULL,
+    expenditure_fen bigint NOT NULL,
+    kind text NOT NULL,
+    event_id text NOT NULL,
+    PRIMARY KEY (city, scheme, fiscal_year)
+);
+
+CREATE TABLE IF NOT EXISTS pl_openings (
+    account text PRIMARY KEY,
+    fiscal_year integer NOT NULL,
+    balance_fen bigint NOT NULL,
+    previous_year_income_fen bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS pl_closed_years (
+    account text NOT NULL,
+    fiscal_year integer NOT NULL,
+    income_fen bigint NOT NULL,
+    PRIMARY KEY (account, fiscal_year)
+);
+
+CREATE TABLE IF NOT EXISTS pl_policies (
+    effective_from date NOT NULL,
+    notification_id bigint NOT NULL,
+    policy jsonb NOT NULL,
+    PRIMARY KEY (effective_from, notification_id)
+);

@@ -1,0 +1,96 @@
+"""Running the read side: the projector loop, and the API server with the projector beside it."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import uvicorn
+
+from consumers.store import open_ledger
+from projections.api import create_app
+from projections.projector import Projector
+from projections.roles import ensure_reader_role, reader_url
+from schemas.policy import Policy
+
+log = structlog.get_logger("projections.service")
+
+PROJECT_IDLE_WAIT_S = 0.5
+
+
+def project_loop(projector: Projector, should_stop: Callable[[], bool], idle_exit: bool = False) -> int:
+    """Applies the notification log until stopped (or, with `idle_exit`, until caught up)."""
+    total = 0
+    while not should_stop():
+        applied = projector.run_once()
+        total += applied
+        if not applied:
+            if idle_exit:
+                break
+            threading.Event().wait(PROJECT_IDLE_WAIT_S)
+    return total
+
+
+class ProjectorThread(threading.Thread):
+    def __init__(self, database_url: str, seed_policy: Policy | None) -> None:
+        super().__init__(name="projector", daemon=True)
+        self.ledger = open_ledger(database_url, seed_policy)
+        self.projector = Projector(self.ledger, database_url)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            project_loop(self.projector, self.stopping.is_set)
+        except Exception:
+            log.exception("projector_failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        self.projector.close()
+        self.ledger.close()
+
+
+def api_token(configured: str | None) -> str:
+    """The configured token, or a fresh random one for this run (printed with the URL)."""
+    return configured or secrets.token_urlsafe(24)
+
+
+def serve(
+    database_url: str,
+    *,
+    host: str,
+    port: int,
+    token: str,
+    reader_role: str,
+    reader_password: str | None,
+    seed_policy: Policy | None = None,
+    project: bool = True,
+    on_ready: Callable[[str], Any] | None = None,
+) -> None:
+    """Serves the API and dashboard until interrupted; projects in the background unless told not to."""
+    projector = ProjectorThread(database_url, seed_policy) if project else None
+    if projector is not None:
+        projector.projector.run_until_caught_up()  # the first page a user sees is current
+        projector.start()
+    ensure_reader_role(database_url, reader_role, reader_password)
+    app = create_app(reader_url(database_url, reader_role, reader_password), token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        base = f"http://{host}:{port}"
+        original_startup = server.startup
+
+        async def startup(sockets: Any = None) -> None:
+            await original_startup(sockets)
+            on_ready(base)
+
+        server.startup = startup  # type: ignore[method-assign]
+    try:
+        server.run()
+    finally:
+        if projector is not None:
+            projector.stop()
