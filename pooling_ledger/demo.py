@@ -24,11 +24,11 @@ from ledger.policy import load_packaged_policy
 from pooling_ledger.embedded import free_port
 from pooling_ledger.services import database, kafka
 from pooling_ledger.settings import Settings
+from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 from projections.projector import Projector
 from projections.service import api_token
 from projections.service import serve as serve_api
 from schemas.policy import Policy
-from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 
 DEMO_IDLE_EXIT_S = 0.8
 READ_BACK_TIMEOUT_MS = 1000

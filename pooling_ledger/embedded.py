@@ -296,7 +296,7 @@ class EmbeddedPostgres:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=False,
+            start_new_session=True,  # a Ctrl-C in the terminal stops us first; we stop the server
             **self._run_as(),
         )
         atexit.register(self.stop)
@@ -426,7 +426,7 @@ class EmbeddedKafka:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            start_new_session=False,
+            start_new_session=True,  # a Ctrl-C in the terminal stops us first; we stop the server
         )
         atexit.register(self.stop)
         bootstrap = f"{LOCALHOST}:{self.port}"

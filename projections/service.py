@@ -91,6 +91,8 @@ def serve(
         server.startup = startup  # type: ignore[method-assign]
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C back after its graceful shutdown
+        log.info("api_stopped")
     finally:
         if projector is not None:
             projector.stop()
