@@ -28,6 +28,8 @@ CATEGORIES = ("inpatient", "outpatient", "chronic_special", "maternity")
 HOSPITAL_LEVELS = ("primary", "secondary", "tertiary")
 #: Claims of a fund stay below this share of what it has received (basis points).
 CLAIM_SHARE_BP = 8_000
+#: The largest single claim payout (a batch of settlements from one hospital), in fen.
+CLAIM_FEN_MAX = 30_000_000
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Simulation:
             room = self.received_fen.get(key, 0) * CLAIM_SHARE_BP // 10_000 - self.paid_fen.get(key, 0)
             if room < 1_000:
                 return self.movement(city, step + 1)
-            amount = self.rng.randint(1, min(room, 2_000_000))
+            amount = self.rng.randint(1, min(room, CLAIM_FEN_MAX))
             event = self.envelope("ClaimPaid", at, "settlement.anhui")
             event.update(
                 city=city,
