@@ -110,7 +110,7 @@ class LedgerRecorder(PostgresProcessRecorder):
             return {r["originator_id"] for r in curs.fetchall()}
 
 
-def postgres_env(database_url: str) -> dict[str, str]:
+def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str]:
     """eventsourcing's PostgreSQL settings from a libpq URL."""
     parts = conninfo_to_dict(database_url)
     return {
@@ -123,13 +123,19 @@ def postgres_env(database_url: str) -> dict[str, str]:
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "4",
         "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
-        "CREATE_TABLE": "y",
+        "CREATE_TABLE": "y" if create_tables else "n",
     }
 
 
-def open_ledger(database_url: str, seed_policy: Policy | None = None) -> Ledger:
-    """The ledger on the PostgreSQL database at `database_url` (tables created if missing)."""
-    return Ledger(env=postgres_env(database_url), seed_policy=seed_policy)
+def open_ledger(
+    database_url: str, seed_policy: Policy | None = None, *, create_tables: bool = True
+) -> Ledger:
+    """The ledger on the PostgreSQL database at `database_url` (tables created if missing).
+
+    `create_tables=False` opens it as found: an auditor must not repair (e.g. re-enable the
+    append-only triggers of) the store it is checking.
+    """
+    return Ledger(env=postgres_env(database_url, create_tables), seed_policy=seed_policy)
 
 
 def ledger_recorder(ledger: Ledger) -> LedgerRecorder:

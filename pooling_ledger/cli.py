@@ -261,6 +261,51 @@ def balances(
     typer.echo(f"{'total (must be 0)':<55} {trial.total_fen:>20,}")
 
 
+@app.command()
+def verify(
+    expect: Annotated[
+        str | None, typer.Option(help="A fingerprint kept from an earlier verify: prove nothing changed.")
+    ] = None,
+    up_to: Annotated[
+        int | None, typer.Option(help="Fingerprint history up to this notification id (with --expect).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Audit the event store: replayed trial balance is zero, funds match the replay, the read
+    tables match it, the store is still append-only; print the history's fingerprint.
+
+    Exits 1 when a check fails.
+    """
+    from eventsourcing.persistence import ProgrammingError
+
+    from consumers.store import open_ledger
+    from pooling_ledger.services import database
+    from pooling_ledger.verify import verify as run_verify
+
+    settings = _settings()
+    with database(settings) as url:
+        ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
+        try:
+            result = run_verify(ledger, url, expect=expect, up_to=up_to)
+        except ProgrammingError as error:
+            _fail(f"no ledger to verify at this database ({error})")
+        finally:
+            ledger.close()
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        for name, ok in result.checks.items():
+            typer.echo(f"{'ok  ' if ok else 'FAIL'} {name}")
+        for problem in result.problems:
+            typer.echo(f"     {problem}")
+        typer.echo(
+            f"fingerprint {result.facts['fingerprint']} over {result.facts['events']:,} events "
+            f"(up to notification {result.facts['last_notification_id']})"
+        )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 @schemas_app.command("export")
 def schemas_export(
     directory: Annotated[
