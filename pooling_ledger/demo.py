@@ -133,10 +133,10 @@ def run_demo(
         else:
             print_report(console, report, trial, settings)
         if serve and not as_json:
-            serve_dashboard(console, settings, url, policy)
+            serve_dashboard(console, settings, url, policy, sim.year)
 
 
-def serve_dashboard(console: Console, settings: Settings, url: str, policy: Policy) -> None:
+def serve_dashboard(console: Console, settings: Settings, url: str, policy: Policy, year: int) -> None:
     """The demo ends by serving the treasury's dashboard on the demo's store, until Ctrl-C."""
     token = api_token(settings.api_token)
     serve_api(
@@ -148,7 +148,7 @@ def serve_dashboard(console: Console, settings: Settings, url: str, policy: Poli
         reader_password=settings.reader_password,
         seed_policy=policy,
         on_ready=lambda base: console.print(
-            f"\n[bold]Treasury dashboard:[/] {base}/dashboard#token={token}\n"
+            f"\n[bold]Treasury dashboard:[/] {base}/dashboard?year={year}#token={token}\n"
             f"API: {base}/docs (bearer token {token}); stop with Ctrl-C"
         ),
     )

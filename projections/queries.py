@@ -177,31 +177,42 @@ def daily(conn: Conn, account: str, start: date | None = None, end: date | None 
 # -- province --------------------------------------------------------------------
 
 
-def collected_income_fen(conn: Conn, account: str, fiscal_year: int, with_subsidies: bool) -> int:
+def extraction_bases_fen(conn: Conn, fiscal_year: int, with_subsidies: bool) -> dict[str, int]:
+    """Every fund's collected income of `fiscal_year - 1`, chosen as `Fund.extraction_base_fen` does:
+    the go-live opening's audited figure, else the figure its year close fixed, else its totals."""
     prefixes = [CONTRIBUTION_PREFIX + "%"] + ([SUBSIDY_PREFIX + "%"] if with_subsidies else [])
-    row = conn.execute(
-        "SELECT coalesce(sum(amount_fen), 0) FROM pl_postings"
-        " WHERE account = %s AND fiscal_year = %s AND category LIKE ANY(%s)",
-        (account, fiscal_year, prefixes),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    bases: dict[str, int] = defaultdict(int)
+    for account, total in conn.execute(
+        "SELECT account, sum(amount_fen) FROM pl_postings WHERE fiscal_year = %s"
+        " AND category LIKE ANY(%s) GROUP BY account",
+        (fiscal_year - 1, prefixes),
+    ):
+        bases[account] = int(total)
+    for account, income in conn.execute(
+        "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (fiscal_year - 1,)
+    ):
+        bases[account] = int(income)
+    for account, income in conn.execute(
+        "SELECT account, previous_year_income_fen FROM pl_openings WHERE fiscal_year = %s", (fiscal_year,)
+    ):
+        bases[account] = int(income)
+    return bases
 
 
-def extraction_base_fen(conn: Conn, account: str, fiscal_year: int, with_subsidies: bool) -> int:
-    """The city's collected income of `fiscal_year - 1`, chosen as `Fund.extraction_base_fen` does."""
-    opening = conn.execute(
-        "SELECT previous_year_income_fen FROM pl_openings WHERE account = %s AND fiscal_year = %s",
-        (account, fiscal_year),
-    ).fetchone()
-    if opening:
-        return int(opening[0])
-    closed = conn.execute(
-        "SELECT income_fen FROM pl_closed_years WHERE account = %s AND fiscal_year = %s",
-        (account, fiscal_year - 1),
-    ).fetchone()
-    if closed:
-        return int(closed[0])
-    return collected_income_fen(conn, account, fiscal_year - 1, with_subsidies)
+def fund_balances_fen(conn: Conn, as_of: datetime | None) -> dict[str, int]:
+    """Every fund account's balance at `as_of` (now when None), in one query."""
+    if as_of is None:
+        rows = conn.execute(
+            "SELECT account, balance_fen FROM pl_account_balances"
+            " WHERE account LIKE 'city:%%' OR account LIKE 'province:%%'"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT account, sum(amount_fen) FROM pl_postings WHERE occurred_at <= %s"
+            " AND (account LIKE 'city:%%' OR account LIKE 'province:%%') GROUP BY account",
+            (as_of,),
+        ).fetchall()
+    return {a: int(b) for a, b in rows}
 
 
 def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> dict[str, Any]:
@@ -211,20 +222,21 @@ def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> di
     if policy is None:
         return {"year": year, "as_of": moment.isoformat(), "schemes": []}
     with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
+    balances = fund_balances_fen(conn, as_of)
+    bases = extraction_bases_fen(conn, year, with_subsidies)
+    closed = dict(
+        conn.execute(
+            "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (year - 1,)
+        ).fetchall()
+    )
     schemes = []
     for scheme in Scheme:
         province = accounts.province_adjustment(scheme)
         city_accounts = [accounts.city_pooling(c, scheme) for c in policy.cities]
-        closed = conn.execute(
-            "SELECT income_fen FROM pl_closed_years WHERE account = %s AND fiscal_year = %s",
-            (province, year - 1),
-        ).fetchone()
-        income = int(closed[0]) if closed else sum(
-            extraction_base_fen(conn, a, year, with_subsidies) for a in city_accounts
-        )
+        income = int(closed[province]) if province in closed else sum(bases.get(a, 0) for a in city_accounts)
         ceiling = income * policy.pause_ratio_bp // 10_000
-        fund_fen = balance_fen(conn, province, moment)
-        city_fen = sum(balance_fen(conn, a, moment) for a in city_accounts)
+        fund_fen = balances.get(province, 0)
+        city_fen = sum(balances.get(a, 0) for a in city_accounts)
         flows = fund_year(conn, province, year, moment)
         schemes.append(
             {
