@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import uvicorn
@@ -30,6 +31,8 @@ from consumers.store import open_ledger
 from ledger.application import Inbound, SourcePosition
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, encode, pooling_year
+
+YEAR = 2025  # the simulated December's fiscal year
 from projections.api import create_app
 from projections.projector import Projector
 from projections.roles import ensure_reader_role, reader_url
@@ -58,7 +61,7 @@ def ingest_province(database_url: str) -> None:
     ledger = open_ledger(database_url)
     try:
         offset = 0
-        for _, phase in pooling_year(Simulation(policy, month=12, seed=3), events_per_city=20):
+        for _, phase in pooling_year(Simulation(policy, month=12, seed=3), events_per_city=60):
             batch = []
             for event in phase:
                 batch.append(Inbound.parse(encode(event)[1], SourcePosition("t", 0, offset)))
@@ -198,12 +201,13 @@ def fen_attr(value: int | None) -> str:
 
 
 def test_dashboard_shows_the_api_figures_in_a_real_browser(served: Served) -> None:
-    page = render(f"{served.base}/dashboard#token={served.token}")
+    page = render(f"{served.base}/dashboard?year={YEAR}#token={served.token}")
     body = page.body or {}
     assert "data-error" not in body, f"the dashboard reported an error: {body.get('data-error')}"
     assert body.get("data-loaded") == "true"
 
-    summary = api(served, "/v1/province/summary")
+    summary = api(served, f"/v1/province/summary?year={YEAR}")
+    assert summary["year"] == YEAR
     assert {s["scheme"] for s in summary["schemes"]} == set(SCHEMES)
     for s in summary["schemes"]:
         for field, key in (("balance", "adjustment_fund_fen"), ("ceiling", "ceiling_fen"), ("headroom", "headroom_fen")):
@@ -215,7 +219,8 @@ def test_dashboard_shows_the_api_figures_in_a_real_browser(served: Served) -> No
     cities = [c["city"] for c in api(served, "/v1/cities")["cities"]]
     assert len(cities) == 16
     budgets = {(r["city"], r["scheme"]): r for r in api(served, f"/v1/budgets?year={summary['year']}")["rows"]}
-    risk = {(r["city"], r["scheme"]): r for r in api(served, "/v1/risk")["rows"]}
+    year_end = quote(f"{YEAR}-12-31T23:59:59+08:00")
+    risk = {(r["city"], r["scheme"]): r for r in api(served, f"/v1/risk?as_of={year_end}")["rows"]}
     moved = 0
     for city in cities:
         for scheme in SCHEMES:
@@ -238,6 +243,8 @@ def test_dashboard_shows_the_api_figures_in_a_real_browser(served: Served) -> No
                 risk[(city, scheme)]["months_covered_hundredths"]
             ), (city, scheme)
     assert moved == 2 * len(cities), "every city fund moved in the simulated month"
+    # every fund had an approved budget for the simulated year: real execution figures compared
+    assert all(b["execution_bp"] is not None for b in budgets.values())
 
     health = api(served, "/health")
     assert health["projection_lag"] == 0
@@ -258,7 +265,7 @@ def test_dashboard_screenshot(served: Served) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
-    chromium(f"{served.base}/dashboard#token={served.token}", f"--screenshot={shot}", "--window-size=1400,2600")
+    chromium(f"{served.base}/dashboard?year={YEAR}#token={served.token}", f"--screenshot={shot}", "--window-size=1400,2600")
     assert shot.exists(), "chromium wrote no screenshot"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > SCREENSHOT_BYTES_MIN, shot.stat().st_size
