@@ -10,6 +10,8 @@ PostgreSQL recognise what was already booked.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,6 +24,11 @@ from ledger.application import Inbound, Ledger, Outcome, SourcePosition
 log = structlog.get_logger("consumers.ingest")
 
 METADATA_WAIT_S = 30
+#: Batches read ahead while one is booked; a bound on memory and on work redone after a crash.
+PREFETCH_BATCHES_MAX = 2
+FETCHER_WAIT_S = 0.2
+FETCHER_JOIN_TIMEOUT_S = 10
+LAG_ANSWER_TIMEOUT_S = 5
 METADATA_RETRY_S = 0.2
 FETCH_MAX_BYTES = 50 * 1024 * 1024
 
@@ -52,6 +59,7 @@ class Ingestor:
         self.batch_size_max = batch_size_max
         self.poll_timeout_ms = poll_timeout_ms
         self.resets: list[PositionReset] = []
+        self._fetcher: _Fetcher | None = None
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
@@ -103,21 +111,100 @@ class Ingestor:
 
     def poll_once(self) -> list[Outcome]:
         """One poll batch: decided and saved with its positions in one transaction."""
+        batch = self._next_batch()
+        if batch is None:
+            return []
+        inbound, positions = batch
+        return self.ledger.record_batch(inbound, positions=positions)
+
+    def _next_batch(self) -> _Batch | None:
+        if self._fetcher is None:
+            self._fetcher = _Fetcher(self)
+            self._fetcher.start()
+        return self._fetcher.take(self.poll_timeout_ms / 1000)
+
+    def _fetch(self) -> _Batch | None:
+        """Polls and parses one batch (in the fetcher thread, which alone uses the consumer)."""
         records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.batch_size_max)
         if not records:
-            return []
-        batch: list[Inbound] = []
+            return None
+        inbound: list[Inbound] = []
         positions: list[tuple[str, str, int, int]] = []
         for tp, messages in records.items():
             for m in messages:
-                batch.append(Inbound.parse(m.value, SourcePosition(tp.topic, tp.partition, m.offset)))
+                inbound.append(Inbound.parse(m.value, SourcePosition(tp.topic, tp.partition, m.offset)))
             positions.append((self.consumer_name, tp.topic, tp.partition, messages[-1].offset + 1))
-        return self.ledger.record_batch(batch, positions=positions)
+        return inbound, positions
 
-    def lag(self) -> int:
-        """Messages on the broker not yet read by this consumer."""
+    def _unread(self) -> int:
         ends = self.consumer.end_offsets(self.partitions)
         return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions)
 
+    def lag(self) -> int:
+        """Messages on the broker not yet booked by this consumer (read ahead or not)."""
+        if self._fetcher is None:
+            return self._unread()
+        return self._fetcher.lag()
+
     def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.stop()
         self.consumer.close()
+
+
+_Batch = tuple[list[Inbound], list[tuple[str, str, int, int]]]
+
+
+class _Fetcher(threading.Thread):
+    """Reads the next batches from Kafka while the ledger books the current one.
+
+    Only positions saved with a booked batch count: batches read ahead and lost in a crash
+    are read again from the stored positions.
+    """
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        super().__init__(name="kafka-fetcher", daemon=True)
+        self.ingestor = ingestor
+        self.batches: queue.Queue[_Batch] = queue.Queue(maxsize=PREFETCH_BATCHES_MAX)
+        self.stopping = threading.Event()
+        self.error: Exception | None = None
+        self._lag_request = threading.Event()
+        self._lag_answer: queue.Queue[int] = queue.Queue(maxsize=1)
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                if self._lag_request.is_set():
+                    self._lag_request.clear()
+                    self._lag_answer.put(self.ingestor._unread() + self._queued())
+                batch = self.ingestor._fetch()
+                while batch is not None and not self.stopping.is_set():
+                    try:
+                        self.batches.put(batch, timeout=FETCHER_WAIT_S)
+                        batch = None
+                    except queue.Full:
+                        continue
+        except Exception as error:  # noqa: BLE001 - handed to the booking thread by take()
+            self.error = error
+
+    def _queued(self) -> int:
+        return sum(len(inbound) for inbound, _ in list(self.batches.queue))
+
+    def take(self, timeout_s: float) -> _Batch | None:
+        if self.error is not None:
+            raise RuntimeError("reading from Kafka failed") from self.error
+        try:
+            return self.batches.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def lag(self) -> int:
+        self._lag_request.set()
+        try:
+            return self._lag_answer.get(timeout=LAG_ANSWER_TIMEOUT_S)
+        except queue.Empty:
+            return 1  # the fetcher is busy reading: not idle
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(FETCHER_JOIN_TIMEOUT_S)

@@ -67,6 +67,13 @@ class LedgerRecorder(PostgresProcessRecorder):
         self._select_positions = SQL(
             "SELECT topic, partition, next_offset FROM {schema}.{positions} WHERE consumer = %s"
         ).format(schema=schema, positions=positions)
+        # Column arrays instead of eventsourcing's array of composites: psycopg sends them in
+        # binary, skipping the text escaping of every stored event (a third of a batch's time).
+        self._insert_columns = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " RETURNING notification_id"
+        ).format(schema=schema, table=table)
         self._select_existing = SQL(
             "SELECT DISTINCT originator_id FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s) AND originator_version = 1"
@@ -95,6 +102,20 @@ class LedgerRecorder(PostgresProcessRecorder):
         if positions:
             curs.executemany(self._upsert_position, positions)
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self._insert_columns,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+            binary=True,
+        )
 
     def select_positions(self, consumer: str) -> dict[tuple[str, int], int]:
         """The next offset to read per (topic, partition), as last committed with a batch."""
