@@ -99,8 +99,8 @@ class _Page:
             amount = sign * transfer["amount_fen"]
             self.postings.append(
                 (notification_id, event.event_id, event.event_type, account, counter, amount,
-                 transfer["category"], subcategory, transfer["fiscal_year"], occurred_at, day,
-                 bool(transfer.get("prior_year_adjustment")))
+                 transfer["category"], subcategory, transfer.get("reversal_of"), account,
+                 transfer["fiscal_year"], occurred_at, day, bool(transfer.get("prior_year_adjustment")))
             )
             self.balances[account] += amount
             self.daily[(account, day)] += amount
@@ -124,7 +124,12 @@ class _Page:
     def write(self, conn: psycopg.Connection[Any]) -> None:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO pl_postings VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", self.postings
+                # A reversal nets out of its original's sub-category (the hospital level of a
+                # claim), which only the original's posting knows.
+                "INSERT INTO pl_postings VALUES (%s,%s,%s,%s,%s,%s,%s, coalesce(%s,"
+                " (SELECT o.subcategory FROM pl_postings o WHERE o.event_id = %s AND o.account = %s"
+                " LIMIT 1)), %s,%s,%s,%s)",
+                self.postings,
             )
             cur.executemany(
                 "INSERT INTO pl_account_balances VALUES (%s, %s) ON CONFLICT (account) DO UPDATE"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
@@ -316,7 +317,7 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
     if policy is None:
         return {"as_of": moment.isoformat(), "band": None, "rows": []}
     low, high = policy.risk_band.low_months, policy.risk_band.high_months
-    window_start = _months_before(day, RISK_WINDOW_MONTHS)
+    window_start = _months_before(day, RISK_WINDOW_MONTHS - 1)  # 12 months, this one included
     rows = []
     for city, name in policy.cities.items():
         for scheme in Scheme:
@@ -370,6 +371,10 @@ def _months_spanned(first: date, last: date) -> int:
 
 
 def event_status(conn: Conn, event_id: str) -> dict[str, Any]:
+    try:  # the spelling the ledger keeps, whatever case the producer sent
+        event_id = str(UUID(event_id))
+    except ValueError:
+        pass
     row = conn.execute(
         "SELECT status, reason, detail, event_type, source_service, kafka_topic, kafka_partition,"
         " kafka_offset FROM pl_events WHERE event_id = %s",

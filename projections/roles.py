@@ -19,13 +19,10 @@ def ensure_reader_role(admin_url: str, role: str = READER_ROLE, password: str | 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(hashtext('pooling-ledger:roles'))")
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        statement = sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
-            sql.Identifier(role)
-        )
-        if password:
-            statement += sql.SQL(" PASSWORD {}").format(sql.Literal(password))
-        conn.execute(statement)
+        try:
+            conn.execute(_role_statement("ALTER" if exists else "CREATE", role, password))
+        except psycopg.errors.DuplicateObject:  # created meanwhile for another database (roles are server-wide)
+            conn.execute(_role_statement("ALTER", role, password))
         database = conn.info.dbname
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
@@ -34,6 +31,15 @@ def ensure_reader_role(admin_url: str, role: str = READER_ROLE, password: str | 
                 sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
             )
         conn.execute("SELECT pg_advisory_unlock(hashtext('pooling-ledger:roles'))")
+
+
+def _role_statement(verb: str, role: str, password: str | None) -> sql.Composed:
+    statement = sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
+        sql.Identifier(role)
+    )
+    if password:
+        statement += sql.SQL(" PASSWORD {}").format(sql.Literal(password))
+    return statement
 
 
 def reader_url(admin_url: str, role: str = READER_ROLE, password: str | None = None) -> str:
