@@ -23,7 +23,7 @@ from uuid import UUID, uuid5
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, AggregateEvent
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Notification
 
 from ledger import accounts, movements
 from ledger.aggregates import (
@@ -614,13 +614,19 @@ class Ledger(Application[UUID]):
 
     def notifications(self, topics: Sequence[str] = (), page_size: int = 10_000) -> Iterator[Any]:
         """Every recorded domain event in notification order (the auditor's replay)."""
+        for notification in self.stored_notifications(topics, page_size):
+            yield notification.id, self.mapper.to_domain_event(notification)
+
+    def stored_notifications(
+        self, topics: Sequence[str] = (), page_size: int = 10_000, stop: int | None = None
+    ) -> Iterator[Notification]:
+        """Every recorded event as stored (not decoded), in notification order, up to `stop`."""
         start = 1
         while True:
-            page = self.recorder.select_notifications(start, page_size, topics=topics)
+            page = self.recorder.select_notifications(start, page_size, stop=stop, topics=topics)
             if not page:
                 return
-            for notification in page:
-                yield notification.id, self.mapper.to_domain_event(notification)
+            yield from page
             start = page[-1].id + 1
 
 

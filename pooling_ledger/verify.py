@@ -19,7 +19,7 @@ import psycopg
 from consumers.store import ledger_recorder
 from ledger import accounts
 from ledger.application import Ledger
-from ledger.audit import fold
+from ledger.audit import FUND_EVENT_TOPICS, fold
 
 FINGERPRINT_PAGE_SIZE = 10_000
 
@@ -47,23 +47,15 @@ def fingerprint(ledger: Ledger, up_to: int | None = None) -> tuple[str, int, int
     """sha256 chained over every recorded event in notification order: (hex, events, last id)."""
     chain = hashlib.sha256(b"pooling-ledger")
     count = last = 0
-    start = 1
-    while True:
-        page = ledger.recorder.select_notifications(start, FINGERPRINT_PAGE_SIZE, stop=up_to)
-        if not page:
-            break
-        for n in page:
-            chain.update(f"{n.id}|{n.originator_id}|{n.originator_version}|{n.topic}|".encode())
-            chain.update(n.state)
-            count, last = count + 1, n.id
-        start = page[-1].id + 1
+    for n in ledger.stored_notifications(page_size=FINGERPRINT_PAGE_SIZE, stop=up_to):
+        chain.update(f"{n.id}|{n.originator_id}|{n.originator_version}|{n.topic}|".encode())
+        chain.update(n.state)
+        count, last = count + 1, n.id
     return chain.hexdigest(), count, last
 
 
 def verify(ledger: Ledger, database_url: str, expect: str | None = None, up_to: int | None = None) -> Verification:
     result = Verification()
-    from ledger.audit import FUND_EVENT_TOPICS
-
     trial = fold(e for _, e in ledger.notifications(FUND_EVENT_TOPICS))
     result.facts["transfers"] = trial.transfer_count
     result.check("trial_balance_zero", trial.total_fen == 0, f"total is {trial.total_fen} fen")
