@@ -88,6 +88,7 @@ class LedgerRecorder(PostgresProcessRecorder):
     def serialised(self, keys: Sequence[str]) -> Iterator[None]:
         """Holds a session advisory lock per key (in order, so writers never deadlock)."""
         with self.datastore.get_connection() as conn:
+            autocommit = conn.autocommit  # the pool's connections are autocommit: leave it so
             conn.autocommit = True
             try:
                 for key in keys:
@@ -95,7 +96,7 @@ class LedgerRecorder(PostgresProcessRecorder):
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock_all()")
-                conn.autocommit = False
+                conn.autocommit = autocommit
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int]] = kwargs.get("positions", ())

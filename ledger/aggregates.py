@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent
+from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent, Snapshot
 
 from ledger import accounts
 from ledger.errors import Reason, Rejected
@@ -26,6 +26,8 @@ CONTRIBUTION_PREFIX = "contribution."
 SUBSIDY_PREFIX = "subsidy."
 CLAIM_PREFIX = "claim."
 PRIOR_YEAR_PREFIX = "prior_year_adjustment."
+#: Fund state keyed by fiscal year (JSON object keys are strings in a stored snapshot).
+YEAR_KEYED_STATE = ("totals_fen", "year_net_fen", "budgets", "closed_years")
 
 POLICY_BOOK_ID = uuid5(accounts.LEDGER_NAMESPACE, "policy-book")
 
@@ -335,6 +337,15 @@ class Fund(Aggregate):
         return self.balance_fen - sum(n for y, n in self.year_net_fen.items() if y >= fiscal_year)
 
     # -- events -----------------------------------------------------------
+
+    class Snapshot(Snapshot):
+        """A fund's state, stored as JSON: fiscal years come back as int keys."""
+
+        def mutate(self, aggregate: Any) -> Any:
+            fund = cast(Fund, super().mutate(aggregate))
+            for name in YEAR_KEYED_STATE:
+                setattr(fund, name, {int(year): value for year, value in getattr(fund, name).items()})
+            return fund
 
     class TransferBooked(AggregateEvent):
         """One leg of a transfer. A counterparty that is not a fund is booked with it."""

@@ -158,3 +158,30 @@ def test_stored_position_beyond_partition_end_is_reported_and_nothing_is_double_
     ledger, stats = run_pipeline(database_url, kafka_bootstrap, topics)
     assert stats.outcomes == Counter(duplicate=5, accepted=1)
     assert ledger.fund("city:340100:resident:pooling").balance_fen == sum(e["amount_fen"] for e in [*events, new])
+
+
+def test_a_fund_past_its_snapshot_interval_is_rebuilt_from_its_snapshot_to_the_same_state(
+    database_url: str,
+) -> None:
+    """Snapshots keep reconstruction short; a fresh ledger must read the same fund from one."""
+    from ledger.application import FUND_SNAPSHOT_INTERVAL, Inbound, SourcePosition
+
+    events = [contribution("340100", "resident", 100 + i) for i in range(FUND_SNAPSHOT_INTERVAL + 5)]
+    ledger = open_ledger(database_url)
+    for start in range(0, len(events), 400):
+        ledger.record_batch(
+            [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, start + i))
+             for i, e in enumerate(events[start : start + 400])]
+        )
+    ledger.close()
+    with psycopg.connect(database_url) as conn:
+        snapshots = conn.execute("SELECT count(*) FROM ledger_snapshots").fetchone()
+    assert snapshots is not None and snapshots[0] >= 1
+
+    fresh = open_ledger(database_url)
+    fund = fresh.fund("city:340100:resident:pooling")
+    assert fund is not None
+    assert fund.balance_fen == sum(e["amount_fen"] for e in events)
+    assert fund.total_fen(2025, "contribution.individual") == fund.balance_fen
+    assert fund.version == len(events) + 1  # opened, then one booking per event
+    fresh.close()
