@@ -20,7 +20,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 APP_SERVICES = ("consumer", "api")
 #: Variables the compose file itself passes through that the Settings model does not define.
-EXTRA_ENV = {"POSTGRES_PASSWORD", "POOLING_API_TOKEN"}
+EXTRA_ENV = {"POSTGRES_PASSWORD", "POOLING_API_TOKEN", "POOLING_READER_PASSWORD"}
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
