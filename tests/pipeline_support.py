@@ -19,31 +19,23 @@ from consumers.relay import Relay
 from consumers.runner import ConsumeStats, consume
 from consumers.store import open_ledger
 from ledger.application import Ledger
+from tests import upstream
 
 IDLE_EXIT_S = 1.0
 
 
-def event(event_type: str, **fields: Any) -> dict[str, Any]:
-    body = {
-        "event_id": str(uuid.uuid4()),
-        "type": event_type,
-        "schema_version": 1,
-        "occurred_at": "2025-03-10T09:30:00+08:00",
-        "source": "test.upstream",
-        "province": "340000",
-    }
-    body.update(fields)
-    return body
+#: The envelope of the pipeline tests' messages: one business time, one producer.
+ENVELOPE = {"occurred_at": "2025-03-10T09:30:00+08:00", "source": "test.upstream"}
 
 
 def contribution(city: str, scheme: str, amount_fen: int, payer_kind: str = "individual") -> dict[str, Any]:
-    return event("ContributionReceived", city=city, scheme=scheme, payer_kind=payer_kind, amount_fen=amount_fen)
+    return upstream.contribution(city, scheme, amount_fen, payer_kind=payer_kind, **ENVELOPE)
 
 
 def claim(city: str, scheme: str, amount_fen: int) -> dict[str, Any]:
-    return event(
-        "ClaimPaid", city=city, scheme=scheme, claim_id=f"C-{uuid.uuid4().hex[:8]}", institution_id="H1",
-        hospital_level="secondary", category="inpatient", eligible_fen=amount_fen, amount_fen=amount_fen,
+    return upstream.claim(
+        city, scheme, amount_fen, claim_id=f"C-{uuid.uuid4().hex[:8]}", institution_id="H1",
+        hospital_level="secondary", **ENVELOPE,
     )
 
 

@@ -10,7 +10,6 @@ own inputs.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import uuid
 from datetime import date
@@ -18,16 +17,35 @@ from typing import Any
 
 import pytest
 
-from ledger import accounts, audit
 from ledger.aggregates import Fund
-from ledger.application import Inbound, Ledger, Outcome
+from ledger.application import Ledger, Outcome
 from ledger.policy import load_packaged_policy
 from schemas.policy import Policy
+from tests.upstream import (
+    BENGBU,
+    HEFEI,
+    OCCURRED_AT,
+    PROVINCE,
+    WUHU,
+    allocation,
+    balance,
+    budget,
+    claim,
+    close,
+    contribution,
+    event,
+    extraction,
+    feed,
+    interest,
+    new_ledger,
+    opening,
+    pooling,
+    reversal,
+    statuses,
+    subsidy,
+    trial_balance,
+)
 
-PROVINCE = "340000"
-HEFEI, WUHU, BENGBU = "340100", "340200", "340300"
-OCCURRED_AT = "2025-03-01T10:00:00+08:00"
-GO_LIVE = "2025-01-01T00:00:00+08:00"
 PROVINCE_RESIDENT = "province:resident:adjustment"
 ACCEPTED = ("accepted", None)
 
@@ -46,198 +64,6 @@ def anhui(**changes: Any) -> Policy:
     return Policy.model_validate({**data, **changes})
 
 
-def new_ledger(policy: Policy | None = None) -> Ledger:
-    return Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=policy)
-
-
-def event(type_: str, *, occurred_at: str = OCCURRED_AT, **fields: Any) -> dict[str, Any]:
-    """One upstream message (envelope + `fields`) as a JSON-able dict."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "type": type_,
-        "schema_version": 1,
-        "occurred_at": occurred_at,
-        "source": "test.anhui",
-        "province": PROVINCE,
-        **fields,
-    }
-
-
-def contribution(
-    city: str = HEFEI,
-    scheme: str = "resident",
-    amount_fen: int = 10_000,
-    *,
-    occurred_at: str = OCCURRED_AT,
-    payer_kind: str = "individual",
-) -> dict[str, Any]:
-    return event(
-        "ContributionReceived",
-        occurred_at=occurred_at,
-        city=city,
-        scheme=scheme,
-        payer_kind=payer_kind,
-        amount_fen=amount_fen,
-    )
-
-
-def subsidy(
-    city: str = HEFEI,
-    amount_fen: int = 10_000,
-    *,
-    level: str = "central",
-    occurred_at: str = OCCURRED_AT,
-) -> dict[str, Any]:
-    return event(
-        "SubsidyDisbursed",
-        occurred_at=occurred_at,
-        city=city,
-        scheme="resident",
-        level=level,
-        amount_fen=amount_fen,
-    )
-
-
-def claim(
-    city: str = HEFEI,
-    scheme: str = "resident",
-    amount_fen: int = 1_000,
-    *,
-    occurred_at: str = OCCURRED_AT,
-) -> dict[str, Any]:
-    return event(
-        "ClaimPaid",
-        occurred_at=occurred_at,
-        city=city,
-        scheme=scheme,
-        claim_id=f"claim-{uuid.uuid4().hex[:8]}",
-        institution_id="hosp-1",
-        hospital_level="tertiary",
-        category="inpatient",
-        eligible_fen=amount_fen,
-        amount_fen=amount_fen,
-    )
-
-
-def interest(
-    scheme: str = "resident",
-    amount_fen: int = 100,
-    *,
-    city: str | None = None,
-    occurred_at: str = OCCURRED_AT,
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {"scheme": scheme, "amount_fen": amount_fen}
-    if city is not None:
-        fields["city"] = city
-    return event("InterestCredited", occurred_at=occurred_at, **fields)
-
-
-def opening(
-    city: str | None,
-    scheme: str = "resident",
-    balance_fen: int = 10_000_000,
-    *,
-    previous_year_income_fen: int = 0,
-    fiscal_year: int = 2025,
-    occurred_at: str = GO_LIVE,
-) -> dict[str, Any]:
-    """The opening balance of a city's fund, or (city None) of the province fund."""
-    fields: dict[str, Any] = {
-        "scheme": scheme,
-        "balance_fen": balance_fen,
-        "previous_year_income_fen": previous_year_income_fen,
-        "fiscal_year": fiscal_year,
-    }
-    if city is not None:
-        fields["city"] = city
-    return event("OpeningBalanceRecorded", occurred_at=occurred_at, **fields)
-
-
-def budget(
-    income_fen: int,
-    expenditure_fen: int,
-    *,
-    city: str = HEFEI,
-    scheme: str = "resident",
-    fiscal_year: int = 2025,
-    type_: str = "BudgetApproved",
-    occurred_at: str = "2025-01-10T10:00:00+08:00",
-) -> dict[str, Any]:
-    return event(
-        type_,
-        occurred_at=occurred_at,
-        city=city,
-        scheme=scheme,
-        fiscal_year=fiscal_year,
-        income_fen=income_fen,
-        expenditure_fen=expenditure_fen,
-    )
-
-
-def extraction(
-    amount_fen: int,
-    *,
-    city: str = HEFEI,
-    scheme: str = "resident",
-    fiscal_year: int = 2025,
-    occurred_at: str = OCCURRED_AT,
-) -> dict[str, Any]:
-    return event(
-        "AdjustmentFundExtracted",
-        occurred_at=occurred_at,
-        city=city,
-        scheme=scheme,
-        fiscal_year=fiscal_year,
-        amount_fen=amount_fen,
-    )
-
-
-def allocation(
-    gap_fen: int,
-    amount_fen: int,
-    *,
-    city: str = HEFEI,
-    scheme: str = "resident",
-    fiscal_year: int = 2025,
-    reason: str = "policy_adjustment",
-    occurred_at: str = "2025-10-01T10:00:00+08:00",
-) -> dict[str, Any]:
-    return event(
-        "AdjustmentFundAllocated",
-        occurred_at=occurred_at,
-        city=city,
-        scheme=scheme,
-        fiscal_year=fiscal_year,
-        gap_fen=gap_fen,
-        reason=reason,
-        amount_fen=amount_fen,
-    )
-
-
-def close(
-    city: str | None,
-    fiscal_year: int,
-    *,
-    scheme: str = "resident",
-    occurred_at: str = "2026-01-10T10:00:00+08:00",
-) -> dict[str, Any]:
-    """FiscalYearClosed of a city's fund, or (city None) of the province fund."""
-    fields: dict[str, Any] = {"scheme": scheme, "fiscal_year": fiscal_year}
-    if city is not None:
-        fields["city"] = city
-    return event("FiscalYearClosed", occurred_at=occurred_at, **fields)
-
-
-def reversal(original: dict[str, Any] | str, *, occurred_at: str = OCCURRED_AT) -> dict[str, Any]:
-    original_id = original if isinstance(original, str) else original["event_id"]
-    return event(
-        "EventReversed",
-        occurred_at=occurred_at,
-        original_event_id=original_id,
-        reason="entered in error",
-    )
-
-
 def adopt(
     policy: Policy, effective_from: str, *, occurred_at: str = "2025-05-20T10:00:00+08:00"
 ) -> dict[str, Any]:
@@ -254,41 +80,15 @@ def again(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**message, **changes, "event_id": str(uuid.uuid4())}
 
 
-def raw(message: dict[str, Any]) -> bytes:
-    return json.dumps(message).encode()
-
-
-def feed(ledger: Ledger, *messages: dict[str, Any]) -> list[Outcome]:
-    """Records `messages` as one batch."""
-    return ledger.record_batch([Inbound.parse(raw(m)) for m in messages])
-
-
-def statuses(outcomes: list[Outcome]) -> list[tuple[str, str | None]]:
-    return [(o.status, o.reason) for o in outcomes]
-
-
 def one(ledger: Ledger, message: dict[str, Any]) -> Outcome:
     (outcome,) = feed(ledger, message)
     return outcome
-
-
-def pooling(city: str = HEFEI, scheme: str = "resident") -> str:
-    return accounts.city_pooling(city, scheme)
 
 
 def fund(ledger: Ledger, account: str) -> Fund:
     found = ledger.fund(account)
     assert found is not None, account
     return found
-
-
-def balance(ledger: Ledger, account: str) -> int:
-    found = ledger.fund(account)
-    return 0 if found is None else found.balance_fen
-
-
-def trial_balance(ledger: Ledger) -> audit.TrialBalance:
-    return audit.fold(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS))
 
 
 def mentions(text: str | None, number: int) -> bool:
@@ -1362,7 +1162,7 @@ def test_rebuilding_every_aggregate_from_the_stored_events_gives_the_same_state(
         [
             contribution(HEFEI, amount_fen=2_000_000, occurred_at=in_2024),
             contribution(WUHU, amount_fen=1_000_000, occurred_at=in_2024),
-            subsidy(HEFEI, 300_000, occurred_at=in_2024),
+            subsidy(HEFEI, amount_fen=300_000, occurred_at=in_2024),
             contribution(HEFEI, "employee", 500_000, payer_kind="employer", occurred_at=in_2024),
             opening(BENGBU, previous_year_income_fen=1_000_000),
             opening(None, balance_fen=100_000, occurred_at="2024-12-01T00:00:00+08:00"),

@@ -12,13 +12,11 @@ can all open the ledger; and that a long-lived writer decides on what the others
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import random
 import time
 import traceback
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +27,18 @@ from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
 from consumers.store import open_ledger
-from ledger import accounts, audit
+from ledger import accounts
 from ledger.aggregates import Receipt
-from ledger.application import Inbound, Ledger, Outcome
+from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from schemas.policy import Policy
+from tests import upstream
+from tests.upstream import feed, statuses, trial_balance
 
 pytestmark = pytest.mark.integration
 
-PROVINCE = "340000"
 SCHEME = "resident"
+SOURCE = "test.concurrency"  # the producer its messages name
 #: city -> previous_year_income_fen of its go-live opening (fiscal 2025). The last city has no
 #: writer: its base only adds to the province's income.
 BASES_FEN = {"340100": 1_000_000, "340200": 1_200_000, "340300": 800_000, "340400": 1_000_000}
@@ -74,90 +74,48 @@ def ceiling_fen(pause_ratio_bp: int = PAUSE_RATIO_BP) -> int:
     return sum(BASES_FEN.values()) * pause_ratio_bp // 10_000
 
 
-def message(type_: str, occurred_at: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "type": type_,
-        "schema_version": 1,
-        "occurred_at": occurred_at,
-        "source": "test.concurrency",
-        "province": PROVINCE,
-        **fields,
-    }
-
-
 def opening(city: str, previous_year_income_fen: int) -> dict[str, Any]:
-    return message(
-        "OpeningBalanceRecorded",
-        "2025-01-01T09:00:00+08:00",
-        city=city,
-        scheme=SCHEME,
-        balance_fen=OPENING_BALANCE_FEN,
+    return upstream.opening(
+        city,
+        SCHEME,
+        OPENING_BALANCE_FEN,
         previous_year_income_fen=previous_year_income_fen,
-        fiscal_year=2025,
+        occurred_at="2025-01-01T09:00:00+08:00",
+        source=SOURCE,
     )
 
 
 def extraction(city: str, amount_fen: int, day: int) -> dict[str, Any]:
-    return message(
-        "AdjustmentFundExtracted",
-        f"2025-{1 + day % 12:02d}-{1 + day % 28:02d}T10:00:00+08:00",
+    return upstream.extraction(
+        amount_fen,
         city=city,
         scheme=SCHEME,
-        fiscal_year=2025,
-        amount_fen=amount_fen,
+        occurred_at=f"2025-{1 + day % 12:02d}-{1 + day % 28:02d}T10:00:00+08:00",
+        source=SOURCE,
     )
 
 
 def contribution(city: str, amount_fen: int) -> dict[str, Any]:
-    return message(
-        "ContributionReceived",
-        "2025-03-01T10:00:00+08:00",
-        city=city,
-        scheme=SCHEME,
-        payer_kind="individual",
-        amount_fen=amount_fen,
+    return upstream.contribution(
+        city, SCHEME, amount_fen, occurred_at="2025-03-01T10:00:00+08:00", source=SOURCE
     )
 
 
 def claim(city: str, amount_fen: int) -> dict[str, Any]:
-    return message(
-        "ClaimPaid",
-        "2025-04-01T10:00:00+08:00",
-        city=city,
-        scheme=SCHEME,
-        claim_id=f"claim-{uuid.uuid4().hex[:8]}",
-        institution_id="hosp-1",
-        hospital_level="tertiary",
-        category="inpatient",
-        eligible_fen=amount_fen,
-        amount_fen=amount_fen,
+    return upstream.claim(
+        city, SCHEME, amount_fen, occurred_at="2025-04-01T10:00:00+08:00", source=SOURCE
     )
 
 
 def allocation(city: str, gap_fen: int, amount_fen: int) -> dict[str, Any]:
-    return message(
-        "AdjustmentFundAllocated",
-        "2025-05-01T10:00:00+08:00",
+    return upstream.allocation(
+        gap_fen,
+        amount_fen,
         city=city,
         scheme=SCHEME,
-        fiscal_year=2025,
-        gap_fen=gap_fen,
-        reason="policy_adjustment",
-        amount_fen=amount_fen,
+        occurred_at="2025-05-01T10:00:00+08:00",
+        source=SOURCE,
     )
-
-
-def feed(ledger: Ledger, *messages: dict[str, Any]) -> list[Outcome]:
-    return ledger.record_batch([Inbound.parse(json.dumps(m).encode()) for m in messages])
-
-
-def statuses(outcomes: list[Outcome]) -> list[tuple[str, str | None]]:
-    return [(o.status, o.reason) for o in outcomes]
-
-
-def trial_balance(ledger: Ledger) -> audit.TrialBalance:
-    return audit.fold(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS))
 
 
 def receipt_creations(ledger: Ledger) -> Counter[str]:

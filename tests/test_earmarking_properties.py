@@ -20,7 +20,6 @@ base, the sum of the cities' bases (X4).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,9 +31,25 @@ from hypothesis import strategies as st
 
 from ledger import accounts, audit
 from ledger.aggregates import EXTRACTION_CATEGORY, Fund
-from ledger.application import Inbound, Ledger, Outcome
+from ledger.application import Ledger, Outcome
+from tests.upstream import (
+    allocation,
+    budget,
+    claim,
+    close,
+    contribution,
+    extraction,
+    feed,
+    interest,
+    new_ledger,
+    opening,
+    reversal,
+    split,
+    subsidy,
+    trial_balance,
+)
 
-PROVINCE = "340000"
+SOURCE = "test.earmarking"
 CITIES = ("340100", "340200", "340300")
 SCHEMES = ("resident", "employee")
 CITY_FUNDS = tuple((c, s) for c in CITIES for s in SCHEMES)
@@ -184,85 +199,51 @@ province_setups = st.lists(
 # --------------------------------------------------------------------------- messages
 
 
-def envelope(n: int, type_: str, occurred_at: str) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.UUID(int=n + 1)),
-        "type": type_,
-        "schema_version": 1,
-        "occurred_at": occurred_at,
-        "source": "test.earmarking",
-        "province": PROVINCE,
-    }
+def envelope(n: int, occurred_at: str) -> dict[str, Any]:
+    """The envelope keywords of the `n`-th event of the run."""
+    return {"event_id": str(uuid.UUID(int=n + 1)), "occurred_at": occurred_at, "source": SOURCE}
 
 
 def opening_message(n: int, city: str | None, scheme: str, balance_fen: int, base_fen: int,
                     occurred_at: str = SETUP_AT) -> dict[str, Any]:
-    located = {} if city is None else {"city": city}
-    return {
-        **envelope(n, "OpeningBalanceRecorded", occurred_at),
-        **located,
-        "scheme": scheme,
-        "balance_fen": balance_fen,
-        "previous_year_income_fen": base_fen,
-        "fiscal_year": 2025,
-    }
+    return opening(
+        city, scheme, balance_fen, previous_year_income_fen=base_fen, **envelope(n, occurred_at)
+    )
 
 
 def message(op: Op, n: int, sent: list[dict[str, Any]]) -> dict[str, Any]:
     """The upstream JSON message of `op` as the `n`-th event of the run; `sent`: those before."""
-    located = {} if op.city is None else {"city": op.city}
-    at = op.occurred_at
+    at = envelope(n, op.occurred_at)
     if op.kind == "contribution":
-        return {
-            **envelope(n, "ContributionReceived", at), **located, "scheme": op.scheme,
-            "payer_kind": ("employer", "individual")[n % 2], "amount_fen": op.amount_fen,
-        }
+        payer_kind = ("employer", "individual")[n % 2]
+        return contribution(op.city, op.scheme, op.amount_fen, payer_kind=payer_kind, **at)
     if op.kind == "subsidy":
-        return {
-            **envelope(n, "SubsidyDisbursed", at), **located, "scheme": op.scheme,
-            "level": LEVELS[op.choice], "amount_fen": op.amount_fen,
-        }
+        return subsidy(op.city, op.scheme, op.amount_fen, level=LEVELS[op.choice], **at)
     if op.kind == "claim":
-        return {
-            **envelope(n, "ClaimPaid", at), **located, "scheme": op.scheme, "claim_id": f"c{n}",
-            "institution_id": "h1", "hospital_level": "secondary", "category": "inpatient",
-            "eligible_fen": op.amount_fen, "amount_fen": op.amount_fen,
-        }
+        return claim(
+            op.city, op.scheme, op.amount_fen, claim_id=f"c{n}", institution_id="h1",
+            hospital_level="secondary", category="inpatient", **at,
+        )
     if op.kind == "interest":
-        return {
-            **envelope(n, "InterestCredited", at), **located, "scheme": op.scheme,
-            "amount_fen": op.amount_fen,
-        }
+        return interest(op.scheme, op.amount_fen, city=op.city, **at)
     if op.kind == "opening":
-        return opening_message(n, op.city, op.scheme, op.amount_fen, op.other_fen, at)
+        return opening_message(n, op.city, op.scheme, op.amount_fen, op.other_fen, op.occurred_at)
     if op.kind == "budget":
-        return {
-            **envelope(n, ("BudgetApproved", "BudgetAdjusted")[op.choice], at), **located,
-            "scheme": op.scheme, "fiscal_year": op.fiscal_year, "income_fen": op.amount_fen,
-            "expenditure_fen": op.other_fen,
-        }
+        return budget(
+            op.amount_fen, op.other_fen, city=op.city, scheme=op.scheme,
+            fiscal_year=op.fiscal_year, type_=("BudgetApproved", "BudgetAdjusted")[op.choice], **at,
+        )
     if op.kind == "extraction":
-        return {
-            **envelope(n, "AdjustmentFundExtracted", at), **located, "scheme": op.scheme,
-            "fiscal_year": 2025, "amount_fen": op.amount_fen,
-        }
+        return extraction(op.amount_fen, city=op.city, scheme=op.scheme, fiscal_year=2025, **at)
     if op.kind == "allocation":
-        return {
-            **envelope(n, "AdjustmentFundAllocated", at), **located, "scheme": op.scheme,
-            "fiscal_year": op.fiscal_year, "gap_fen": op.other_fen, "reason": REASONS[op.choice],
-            "amount_fen": op.amount_fen,
-        }
+        return allocation(
+            op.other_fen, op.amount_fen, city=op.city, scheme=op.scheme,
+            fiscal_year=op.fiscal_year, reason=REASONS[op.choice], **at,
+        )
     if op.kind == "close":
-        return {
-            **envelope(n, "FiscalYearClosed", at), **located, "scheme": op.scheme,
-            "fiscal_year": op.fiscal_year,
-        }
+        return close(op.city, op.fiscal_year, scheme=op.scheme, **at)
     assert op.kind == "reversal"
-    return {
-        **envelope(n, "EventReversed", at),
-        "original_event_id": reversal_target(op, sent),
-        "reason": "correction",
-    }
+    return reversal(reversal_target(op, sent), reason="correction", **at)
 
 
 def reversal_target(op: Op, sent: list[dict[str, Any]]) -> str:
@@ -285,27 +266,11 @@ def reversal_target(op: Op, sent: list[dict[str, Any]]) -> str:
     return str(target["event_id"])
 
 
-def split(items: list[Any], sizes: list[int]) -> list[list[Any]]:
-    batches, start = [], 0
-    for size in sizes:
-        if start >= len(items):
-            break
-        batches.append(items[start : start + size])
-        start += size
-    if start < len(items):
-        batches.append(items[start:])
-    return batches
-
-
 # ---------------------------------------------------------------------------- checks
 
 
 def business_date(occurred_at: str) -> date:
     return datetime.fromisoformat(occurred_at).astimezone(CST).date()
-
-
-def trial_balance(ledger: Ledger) -> audit.TrialBalance:
-    return audit.fold(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS))
 
 
 def cap_fen(base_fen: int) -> int:
@@ -419,9 +384,7 @@ def run(
     fund_legs = 0  # fund events the accepted transfers booked (one per fund they touch)
 
     for b, batch in enumerate([sent[:setup_size], *split(sent[setup_size:], sizes)]):
-        outcomes: list[Outcome] = ledger.record_batch(
-            [Inbound.parse(json.dumps(m).encode()) for m in batch]
-        )
+        outcomes: list[Outcome] = feed(ledger, *batch)
         assert [o.event_id for o in outcomes] == [m["event_id"] for m in batch]
         if b == 0:
             assert {o.status for o in outcomes} == {"accepted"}, outcomes
@@ -504,14 +467,14 @@ def test_random_events_keep_money_earmarked_and_the_adjustment_fund_within_its_l
     script: list[Op],
     sizes: list[int],
 ) -> None:
-    run(Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}), setup, province, script, sizes)
+    run(new_ledger(), setup, province, script, sizes)
 
 
 def test_reversing_the_reversal_of_an_extraction_cannot_extract_past_the_city_cap() -> None:
     """P2 + X2: a reversal restores the city's room under its cap; undoing that reversal must
     not move the money to the province again without the cap (or must use up the room again).
     """
-    ledger = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    ledger = new_ledger()
     hefei = CITIES[0]
     sent = [opening_message(0, hefei, "resident", 1_000_000, 20_000)]  # cap 1,000 fen
     script = [
@@ -522,7 +485,7 @@ def test_reversing_the_reversal_of_an_extraction_cannot_extract_past_the_city_ca
     ]
     for op in script:
         sent.append(message(op, len(sent), sent))
-    outcomes = [ledger.record_batch([Inbound.parse(json.dumps(m).encode())])[0] for m in sent]
+    outcomes = [feed(ledger, m)[0] for m in sent]
 
     moved_fen = 0
     for msg, outcome in zip(sent[1:], outcomes[1:], strict=True):

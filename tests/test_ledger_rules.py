@@ -7,120 +7,38 @@ outcome, the receipts, the funds and the auditor's trial balance. Money is integ
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
 
-from ledger import accounts, audit
+from ledger import accounts
 from ledger.aggregates import Fund
-from ledger.application import Inbound, Ledger, Outcome
-
-PROVINCE = "340000"
-HEFEI, WUHU, BENGBU = "340100", "340200", "340300"
-OCCURRED_AT = "2025-03-01T10:00:00+08:00"
-
+from tests.upstream import (
+    BENGBU,
+    HEFEI,
+    OCCURRED_AT,
+    WUHU,
+    balance,
+    claim,
+    contribution,
+    feed,
+    interest,
+    new_ledger,
+    pooling,
+    statuses,
+    subsidy,
+    trial_balance,
+)
+from tests.upstream import opening as _opening
 
 # --------------------------------------------------------------------------- helpers
-
-
-def new_ledger() -> Ledger:
-    return Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
-
-
-def event(type_: str, *, occurred_at: str = OCCURRED_AT, **fields: Any) -> dict[str, Any]:
-    """One upstream message (envelope + `fields`) as a JSON-able dict."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "type": type_,
-        "schema_version": 1,
-        "occurred_at": occurred_at,
-        "source": "test.anhui",
-        "province": PROVINCE,
-        **fields,
-    }
-
-
-def contribution(
-    city: str = HEFEI, scheme: str = "resident", amount_fen: int = 10_000, **kw: Any
-) -> dict[str, Any]:
-    return event(
-        "ContributionReceived",
-        city=city,
-        scheme=scheme,
-        payer_kind=kw.pop("payer_kind", "individual"),
-        amount_fen=amount_fen,
-        **kw,
-    )
-
-
-def subsidy(
-    city: str = HEFEI, scheme: str = "resident", amount_fen: int = 10_000, level: str = "central"
-) -> dict[str, Any]:
-    return event("SubsidyDisbursed", city=city, scheme=scheme, level=level, amount_fen=amount_fen)
-
-
-def claim(city: str = HEFEI, scheme: str = "resident", amount_fen: int = 1_000) -> dict[str, Any]:
-    return event(
-        "ClaimPaid",
-        city=city,
-        scheme=scheme,
-        claim_id=f"claim-{uuid.uuid4().hex[:8]}",
-        institution_id="hosp-1",
-        hospital_level="tertiary",
-        category="inpatient",
-        eligible_fen=amount_fen,
-        amount_fen=amount_fen,
-    )
-
-
-def interest(
-    scheme: str = "resident", amount_fen: int = 100, city: str | None = None
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {"scheme": scheme, "amount_fen": amount_fen}
-    if city is not None:
-        fields["city"] = city
-    return event("InterestCredited", **fields)
 
 
 def opening(
     scheme: str = "resident", balance_fen: int = 50_000, city: str | None = None
 ) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "scheme": scheme,
-        "balance_fen": balance_fen,
-        "previous_year_income_fen": 0,
-        "fiscal_year": 2025,
-    }
-    if city is not None:
-        fields["city"] = city
-    return event("OpeningBalanceRecorded", **fields)
-
-
-def raw(message: dict[str, Any] | bytes) -> bytes:
-    return message if isinstance(message, bytes) else json.dumps(message).encode()
-
-
-def feed(ledger: Ledger, *messages: dict[str, Any] | bytes) -> list[Outcome]:
-    """Records `messages` as one batch."""
-    return ledger.record_batch([Inbound.parse(raw(m)) for m in messages])
-
-
-def statuses(outcomes: list[Outcome]) -> list[tuple[str, str | None]]:
-    return [(o.status, o.reason) for o in outcomes]
-
-
-def balance(ledger: Ledger, account: str) -> int:
-    fund = ledger.fund(account)
-    return 0 if fund is None else fund.balance_fen
-
-
-def trial_balance(ledger: Ledger) -> audit.TrialBalance:
-    return audit.fold(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS))
-
-
-def pooling(city: str = HEFEI, scheme: str = "resident") -> str:
-    return accounts.city_pooling(city, scheme)
+    """An opening balance dated OCCURRED_AT, like the other messages here (not on go-live day)."""
+    return _opening(city, scheme, balance_fen, occurred_at=OCCURRED_AT)
 
 
 ACCEPTED = ("accepted", None)

@@ -29,11 +29,11 @@ from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, pooling_year
 from projections import queries
 from projections.projector import Projector
+from tests import upstream
 
 pytestmark = pytest.mark.integration
 
 CST = timezone(timedelta(hours=8))
-PROVINCE = "340000"
 EVENTS_TOPIC = "pooling.events.v1"
 SCHEMES = ("employee", "resident")
 RISK_LOW_MONTHS, RISK_HIGH_MONTHS = 6, 9  # Anhui policy's risk band
@@ -61,34 +61,19 @@ class Feed:
         return outcomes
 
 
-def envelope(event_type: str, occurred_at: str, source: str = "test.upstream", **fields: Any) -> dict[str, Any]:
-    body = {
-        "event_id": str(uuid.uuid4()),
-        "type": event_type,
-        "schema_version": 1,
-        "occurred_at": occurred_at,
-        "source": source,
-        "province": PROVINCE,
-    }
-    body.update(fields)
-    return body
-
-
 def contribution(city: str, scheme: str, amount: int, at: str, payer_kind: str = "individual") -> dict[str, Any]:
-    return envelope("ContributionReceived", at, "tax.anhui", city=city, scheme=scheme,
-                    payer_kind=payer_kind, amount_fen=amount)
+    return upstream.contribution(city, scheme, amount, payer_kind=payer_kind, occurred_at=at, source="tax.anhui")
 
 
 def claim(city: str, scheme: str, amount: int, at: str, category: str = "inpatient",
           level: str = "secondary") -> dict[str, Any]:
-    return envelope("ClaimPaid", at, "settlement.anhui", city=city, scheme=scheme,
-                    claim_id=f"C-{uuid.uuid4().hex[:10]}", institution_id=f"H{city}009",
-                    hospital_level=level, category=category, eligible_fen=amount, amount_fen=amount)
+    return upstream.claim(city, scheme, amount, claim_id=f"C-{uuid.uuid4().hex[:10]}",
+                          institution_id=f"H{city}009", hospital_level=level, category=category,
+                          occurred_at=at, source="settlement.anhui")
 
 
 def reversal(original: dict[str, Any], at: str) -> dict[str, Any]:
-    return envelope("EventReversed", at, "nhsa.anhui", original_event_id=original["event_id"],
-                    reason="booked in error")
+    return upstream.reversal(original, reason="booked in error", occurred_at=at, source="nhsa.anhui")
 
 
 def project(database_url: str, ledger: Ledger, page_size: int = 5000) -> int:
@@ -358,22 +343,21 @@ def generated_year(seed: int) -> tuple[list[Phase], Simulation]:
 
     feb = "2026-02-1{}T10:00:00+08:00"
     c1, c2 = cities[0], cities[7]
-    budget = envelope("BudgetApproved", "2026-01-20T09:00:00+08:00", "nhsa.anhui", city=c1,
-                      scheme="resident", fiscal_year=2026, income_fen=9 * 10**9, expenditure_fen=4 * 10**6)
+    budget = upstream.budget(9 * 10**9, 4 * 10**6, city=c1, scheme="resident", fiscal_year=2026,
+                             occurred_at="2026-01-20T09:00:00+08:00", source="nhsa.anhui")
     pay = [contribution(c1, "resident", 5_000_000, feb.format(0)),
            contribution(c2, "employee", 2_000_000, feb.format(0), "employer")]
     paid = [claim(c1, "resident", 1_234_567, feb.format(1), "outpatient", "primary"),
             claim(c1, "resident", 765_433, feb.format(2), "outpatient", "primary"),
             claim(c2, "employee", 999_999, feb.format(2), "maternity", "tertiary")]
-    province_interest = envelope("InterestCredited", feb.format(3), "bank.anhui", scheme="resident",
-                                 amount_fen=4_321)
+    province_interest = upstream.interest("resident", 4_321, occurred_at=feb.format(3), source="bank.anhui")
     mistaken = contribution(c2, "employee", 50_000, feb.format(3))
     undo = reversal(mistaken, feb.format(4))
     float_amount = contribution(c1, "resident", 1, feb.format(5))
     float_amount["amount_fen"] = 38000.0
     unknown_city = contribution("349900", "resident", 38_000, feb.format(5))
-    employee_subsidy = envelope("SubsidyDisbursed", feb.format(5), "finance.anhui", city=c1,
-                                scheme="employee", level="central", amount_fen=48_800)
+    employee_subsidy = upstream.subsidy(c1, "employee", 48_800, level="central", occurred_at=feb.format(5),
+                                        source="finance.anhui")
     overdraft = claim(c2, "resident", 10**13, feb.format(6))
     redelivered = pay[0]
     conflicting = {**paid[0], "amount_fen": 1_000_000, "source": "settlement.anhui.replayed"}
@@ -644,8 +628,8 @@ def test_a_claim_of_a_closed_year_reversed_is_a_prior_year_adjustment_of_the_ope
     city = "340200"
     money = contribution(city, "employee", 8_000_000, "2025-06-01T09:00:00+08:00", "employer")
     paid = claim(city, "employee", 700_000, "2025-06-02T09:00:00+08:00", "maternity", "primary")
-    close = envelope("FiscalYearClosed", "2026-01-03T09:00:00+08:00", "nhsa.anhui", city=city,
-                     scheme="employee", fiscal_year=2025)
+    close = upstream.close(city, 2025, scheme="employee", occurred_at="2026-01-03T09:00:00+08:00",
+                           source="nhsa.anhui")
     undo = reversal(paid, "2026-01-10T09:00:00+08:00")
     feed.send([money, paid, close, undo])
     project(database_url, ledger)

@@ -9,7 +9,6 @@ negative (E1), and a small reference model must predict every outcome and balanc
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -19,10 +18,20 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import accounts, audit
-from ledger.application import Inbound, Ledger
+from ledger import accounts
+from tests.upstream import (
+    claim,
+    contribution,
+    feed,
+    interest,
+    new_ledger,
+    opening,
+    split,
+    subsidy,
+    trial_balance,
+)
 
-PROVINCE = "340000"
+SOURCE = "test.properties"
 CITIES = ("340100", "340200", "340300")
 SCHEMES = ("resident", "employee")
 FUNDS = tuple(accounts.fund_account(c, s) for c in (*CITIES, None) for s in SCHEMES)
@@ -81,58 +90,30 @@ def message(op: Op, n: int) -> dict[str, Any]:
     """The upstream JSON message of `op`, with the `n`-th event id of the run."""
     envelope = {
         "event_id": str(uuid.UUID(int=n + 1)),
-        "schema_version": 1,
         "occurred_at": op.occurred_at,
-        "source": "test.properties",
-        "province": PROVINCE,
+        "source": SOURCE,
     }
-    located = {} if op.city is None else {"city": op.city}
     if op.kind == "contribution":
-        body = {
-            "type": "ContributionReceived",
-            **located,
-            "scheme": op.scheme,
-            "payer_kind": "employer" if n % 2 else "individual",
-            "amount_fen": op.amount_fen,
-        }
-    elif op.kind == "subsidy":
-        body = {
-            "type": "SubsidyDisbursed",
-            **located,
-            "scheme": op.scheme,
-            "level": ("central", "provincial", "city", "county")[n % 4],
-            "amount_fen": op.amount_fen,
-        }
-    elif op.kind == "claim":
-        body = {
-            "type": "ClaimPaid",
-            **located,
-            "scheme": op.scheme,
-            "claim_id": f"c{n}",
-            "institution_id": "h1",
-            "hospital_level": "secondary",
-            "category": "outpatient",
-            "eligible_fen": op.amount_fen,
-            "amount_fen": op.amount_fen,
-        }
-    elif op.kind == "interest":
-        body = {
-            "type": "InterestCredited",
-            **located,
-            "scheme": op.scheme,
-            "amount_fen": op.amount_fen,
-        }
-    else:
-        assert op.kind == "opening"
-        body = {
-            "type": "OpeningBalanceRecorded",
-            **located,
-            "scheme": op.scheme,
-            "balance_fen": op.amount_fen,
-            "previous_year_income_fen": 0,
-            "fiscal_year": 2025,
-        }
-    return {**envelope, **body}
+        payer_kind = "employer" if n % 2 else "individual"
+        return contribution(op.city, op.scheme, op.amount_fen, payer_kind=payer_kind, **envelope)
+    if op.kind == "subsidy":
+        level = ("central", "provincial", "city", "county")[n % 4]
+        return subsidy(op.city, op.scheme, op.amount_fen, level=level, **envelope)
+    if op.kind == "claim":
+        return claim(
+            op.city,
+            op.scheme,
+            op.amount_fen,
+            claim_id=f"c{n}",
+            institution_id="h1",
+            hospital_level="secondary",
+            category="outpatient",
+            **envelope,
+        )
+    if op.kind == "interest":
+        return interest(op.scheme, op.amount_fen, city=op.city, **envelope)
+    assert op.kind == "opening"
+    return opening(op.city, op.scheme, op.amount_fen, **envelope)
 
 
 class Model:
@@ -161,22 +142,6 @@ class Model:
         return fate
 
 
-def split(items: list[Any], sizes: list[int]) -> list[list[Any]]:
-    batches, start = [], 0
-    for size in sizes:
-        if start >= len(items):
-            break
-        batches.append(items[start : start + size])
-        start += size
-    if start < len(items):
-        batches.append(items[start:])
-    return batches
-
-
-def trial_balance(ledger: Ledger) -> audit.TrialBalance:
-    return audit.fold(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS))
-
-
 @settings(
     max_examples=60,
     deadline=None,
@@ -189,7 +154,7 @@ def trial_balance(ledger: Ledger) -> audit.TrialBalance:
 def test_random_movements_conserve_money_keep_funds_non_negative_and_match_the_model(
     script: list[Op], sizes: list[int]
 ) -> None:
-    ledger = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    ledger = new_ledger()
     model = Model()
 
     # Turn the script into messages; a re-delivery repeats an earlier message byte for byte.
@@ -209,7 +174,7 @@ def test_random_movements_conserve_money_keep_funds_non_negative_and_match_the_m
 
     accepted: dict[str, tuple[Op, dict[str, Any]]] = {}
     for batch in split(sent, sizes):
-        outcomes = ledger.record_batch([Inbound.parse(json.dumps(m).encode()) for _, m in batch])
+        outcomes = feed(ledger, *(m for _, m in batch))
 
         # (3) the model predicts every outcome
         expected = [model.decide(op, m["event_id"]) for op, m in batch]
