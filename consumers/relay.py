@@ -10,7 +10,6 @@ order per partition and anything at or below a partition's last id is skipped.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -182,9 +181,3 @@ class Relay:
     def close(self) -> None:
         self.producer.close()
 
-
-def decode_payload(message: dict[str, Any]) -> Any:
-    """The original payload of a rejection message (bytes when it was not JSON)."""
-    if message.get("payload_encoding") == "base64":
-        return base64.b64decode(message["payload"])
-    return message["payload"]

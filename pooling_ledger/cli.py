@@ -306,6 +306,60 @@ def verify(
         raise typer.Exit(1)
 
 
+JOURNAL_COLUMNS = (
+    "notification_id", "event_id", "type", "debit_account", "credit_account", "amount_fen",
+    "category", "fiscal_year", "occurred_at", "reversal_of", "prior_year_adjustment",
+)
+
+
+@app.command()
+def export(
+    what: Annotated[
+        str,
+        typer.Argument(help="journal: every accepted transfer as CSV; events: every stored event as JSON Lines."),
+    ],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
+) -> None:
+    """Export the ledger for auditors and archives, straight from the event store."""
+    import csv
+
+    from consumers.relay import RECEIPT_TOPICS
+    from consumers.store import open_ledger
+    from ledger.aggregates import Receipt
+    from pooling_ledger.services import database
+
+    if what not in ("journal", "events"):
+        _fail(f"unknown export {what!r}: choose journal or events")
+    settings = _settings()
+    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    count = 0
+    try:
+        with database(settings) as url:
+            ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
+            if what == "journal":
+                writer = csv.writer(target)
+                writer.writerow(JOURNAL_COLUMNS)
+                for notification_id, event in ledger.notifications(RECEIPT_TOPICS[:1]):
+                    if isinstance(event, Receipt.Accepted) and event.transfer is not None:
+                        row = {"notification_id": notification_id, "type": event.event_type, **event.transfer}
+                        writer.writerow(["" if row.get(c) is None else row.get(c) for c in JOURNAL_COLUMNS])
+                        count += 1
+            else:
+                for n in ledger.stored_notifications():
+                    record = {
+                        "notification_id": n.id, "originator_id": str(n.originator_id),
+                        "originator_version": n.originator_version, "topic": n.topic,
+                        "state": json.loads(n.state),
+                    }
+                    target.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                    count += 1
+            ledger.close()
+    finally:
+        if output:
+            target.close()
+    typer.echo(f"exported {count:,} {'transfers' if what == 'journal' else 'events'}", err=True)
+
+
 @schemas_app.command("export")
 def schemas_export(
     directory: Annotated[

@@ -12,7 +12,7 @@ import pytest
 
 from tests.pipeline_support import claim, contribution
 
-COMMANDS = ["demo", "consume", "publish", "balances", "project", "serve", "verify", "schemas", "schemas export"]
+COMMANDS = ["demo", "consume", "publish", "balances", "project", "serve", "verify", "export", "schemas", "schemas export"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -99,3 +99,43 @@ def test_demo_runs_the_simulated_province_through_every_rule_it_shows(
     accounts = {a["account"]: a["balance_fen"] for a in report["trial_balance"]["accounts"]}
     for city in report["cities"]:
         assert accounts[f"city:{city['city']}:resident:pooling"] == city["resident_balance_fen"]
+
+
+@pytest.mark.integration
+def test_export_journal_and_events_give_the_whole_history(tmp_path: Path, database_url: str) -> None:
+    import csv
+    from collections import defaultdict
+
+    import psycopg
+
+    from consumers.store import open_ledger
+    from ledger.application import Inbound, SourcePosition
+
+    events = [contribution("340100", "resident", 90_000), claim("340100", "resident", 30_000),
+              contribution("340200", "employee", 5_000, "employer"), claim("340200", "employee", 9_999)]
+    ledger = open_ledger(database_url)
+    ledger.record_batch([Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)])
+    ledger.close()
+
+    journal = tmp_path / "journal.csv"
+    result = cli("export", "journal", "-o", str(journal), env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(journal.open()))
+    assert [r["event_id"] for r in rows] == [e["event_id"] for e in events[:3]]  # the overdraft was refused
+    balances: dict[str, int] = defaultdict(int)
+    for r in rows:
+        balances[r["debit_account"]] -= int(r["amount_fen"])
+        balances[r["credit_account"]] += int(r["amount_fen"])
+    assert balances["city:340100:resident:pooling"] == 60_000
+    assert balances["city:340200:employee:pooling"] == 5_000
+    assert sum(balances.values()) == 0
+
+    stored = tmp_path / "events.jsonl"
+    result = cli("export", "events", "-o", str(stored), env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in stored.read_text().splitlines()]
+    with psycopg.connect(database_url) as conn:
+        count = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
+    assert count is not None and len(lines) == count[0]
+    assert [line["notification_id"] for line in lines] == sorted(line["notification_id"] for line in lines)
+    assert cli("export", "nonsense", env={"DATABASE_URL": database_url}).returncode == 2
