@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
 from consumers.store import ledger_recorder
 from ledger.application import Inbound, Ledger, Outcome, SourcePosition
@@ -31,6 +31,9 @@ FETCHER_JOIN_TIMEOUT_S = 10
 LAG_ANSWER_TIMEOUT_S = 5
 METADATA_RETRY_S = 0.2
 FETCH_MAX_BYTES = 50 * 1024 * 1024
+#: Short group timeouts: a group join takes ~3 s instead of ~23 s with kafka-python's defaults.
+GROUP_SESSION_TIMEOUT_MS = 6000
+GROUP_HEARTBEAT_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class PositionReset:
 
 
 class Ingestor:
-    """Reads one topic (all its partitions) into the ledger."""
+    """Reads one topic into the ledger: all its partitions, or (`group=True`) those Kafka's
+    group coordinator assigns, so several consumers share the partitions."""
 
     def __init__(
         self,
@@ -52,6 +56,8 @@ class Ingestor:
         consumer_name: str,
         batch_size_max: int,
         poll_timeout_ms: int,
+        *,
+        group: bool = False,
     ) -> None:
         self.ledger = ledger
         self.topic = topic
@@ -60,6 +66,8 @@ class Ingestor:
         self.poll_timeout_ms = poll_timeout_ms
         self.resets: list[PositionReset] = []
         self._fetcher: _Fetcher | None = None
+        self._stored_at_seek: dict[TopicPartition, int] = {}
+        self._unchecked: list[TopicPartition] = []
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
@@ -67,11 +75,19 @@ class Ingestor:
             max_poll_records=batch_size_max,
             fetch_max_bytes=FETCH_MAX_BYTES,
             max_partition_fetch_bytes=FETCH_MAX_BYTES // 4,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
+            session_timeout_ms=GROUP_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=GROUP_HEARTBEAT_INTERVAL_MS,
+            group_id=consumer_name if group else None,
         )
-        self.partitions = self._assign_all_partitions()
-        self._seek_to_stored_positions()
+        self.group = group
+        self.assigned = False
+        if group:
+            # Positions still come from PostgreSQL: the listener seeks on every assignment.
+            self.partitions: list[TopicPartition] = []
+            self.consumer.subscribe([topic], listener=_SeekOnAssignment(self))
+        else:
+            self.partitions = self._assign_all_partitions()
+            self._seek_to_stored_positions(self.partitions)
 
     def _assign_all_partitions(self) -> list[TopicPartition]:
         deadline = time.monotonic() + METADATA_WAIT_S
@@ -86,28 +102,43 @@ class Ingestor:
         self.consumer.assign(partitions)
         return partitions
 
-    def _seek_to_stored_positions(self) -> None:
+    def _seek_to_stored_positions(self, partitions: list[TopicPartition]) -> None:
+        """Seeks to the positions stored in PostgreSQL; reports and rewinds any beyond the end."""
+        self._seek_without_checking(partitions)
+        self._rewind_positions_beyond_end(partitions)
+
+    def _seek_without_checking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         stored = ledger_recorder(self.ledger).select_positions(self.consumer_name)
-        ends = self.consumer.end_offsets(self.partitions)
-        for tp in self.partitions:
+        positions = {}
+        for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
                 self.consumer.seek_to_beginning(tp)
-            elif offset > ends[tp]:
-                reset = PositionReset(tp.topic, tp.partition, offset, ends[tp])
-                self.resets.append(reset)
-                log.error(
-                    "stored_position_beyond_end",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    stored_offset=offset,
-                    end_offset=ends[tp],
-                    action="reading the partition from its start; receipts prevent double booking",
-                )
-                self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, offset)
-        log.info("ingest_positions", topic=self.topic, stored=len(stored), partitions=len(self.partitions))
+                positions[tp] = offset
+        log.info("ingest_positions", topic=self.topic, partitions=sorted(tp.partition for tp in partitions))
+        self._stored_at_seek = positions
+        return positions
+
+    def _rewind_positions_beyond_end(self, partitions: list[TopicPartition]) -> None:
+        positions = {tp: o for tp, o in self._stored_at_seek.items() if tp in partitions}
+        if not positions:
+            return
+        ends = self.consumer.end_offsets(list(positions))
+        for tp, offset in positions.items():
+            if offset <= ends[tp]:
+                continue
+            self.resets.append(PositionReset(tp.topic, tp.partition, offset, ends[tp]))
+            log.error(
+                "stored_position_beyond_end",
+                topic=tp.topic,
+                partition=tp.partition,
+                stored_offset=offset,
+                end_offset=ends[tp],
+                action="reading the partition from its start; receipts prevent double booking",
+            )
+            self.consumer.seek_to_beginning(tp)
 
     def poll_once(self) -> list[Outcome]:
         """One poll batch: decided and saved with its positions in one transaction."""
@@ -125,6 +156,9 @@ class Ingestor:
 
     def _fetch(self) -> _Batch | None:
         """Polls and parses one batch (in the fetcher thread, which alone uses the consumer)."""
+        if self._unchecked:  # assigned by the group in the last poll: check outside the callback
+            unchecked, self._unchecked = self._unchecked, []
+            self._rewind_positions_beyond_end(unchecked)
         records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.batch_size_max)
         if not records:
             return None
@@ -137,6 +171,8 @@ class Ingestor:
         return inbound, positions
 
     def _unread(self) -> int:
+        if self.group and not self.assigned:
+            return 1  # not in the group yet: nothing is known about what is waiting
         ends = self.consumer.end_offsets(self.partitions)
         return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions)
 
@@ -153,6 +189,32 @@ class Ingestor:
 
 
 _Batch = tuple[list[Inbound], list[tuple[str, str, int, int]]]
+
+
+class _SeekOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Group mode: partitions given to this consumer start from the positions in PostgreSQL.
+
+    A batch of a revoked partition that is already being booked still books (its receipts
+    make the new owner's copy a duplicate); batches read ahead for it are dropped.
+    """
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        fetcher = self.ingestor._fetcher
+        if fetcher is not None:
+            fetcher.drop_queued()
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Runs inside the consumer's poll: seeking is fine, asking the broker (end offsets)
+        # is not, so the check for positions beyond the end waits for the next fetch.
+        self.ingestor.partitions = sorted(assigned, key=lambda tp: tp.partition)
+        self.ingestor.assigned = True
+        if assigned:
+            self.ingestor._seek_without_checking(list(assigned))
+            self.ingestor._unchecked = list(assigned)
 
 
 class _Fetcher(threading.Thread):
@@ -189,6 +251,13 @@ class _Fetcher(threading.Thread):
 
     def _queued(self) -> int:
         return sum(len(inbound) for inbound, _ in list(self.batches.queue))
+
+    def drop_queued(self) -> None:
+        while True:
+            try:
+                self.batches.get_nowait()
+            except queue.Empty:
+                return
 
     def take(self, timeout_s: float) -> _Batch | None:
         if self.error is not None:

@@ -20,6 +20,7 @@ from eventsourcing.utils import get_topic
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from consumers.store import Lease, ledger_recorder
 from ledger.aggregates import Receipt
 from ledger.application import Ledger
 
@@ -90,11 +91,28 @@ class Relay:
             linger_ms=5,
             batch_size=256 * 1024,
         )
+        self.bootstrap_servers = bootstrap_servers
         self.partition_counts = {
             kind: len(self._partitions(bootstrap_servers, topic)) for kind, topic in self.topics.items()
         }
-        self.published_up_to = self._read_published_marks(bootstrap_servers)
+        self.published_up_to: dict[tuple[str, int], int] = {}
         self.sent_count = 0
+        self._lease: Lease | None = None
+
+    def _leading(self) -> bool:
+        """Only one relay publishes at a time (several consumers may run): the lease holder.
+
+        Whoever takes the lease over first reads where the last holder stopped publishing.
+        """
+        if self._lease is not None and not self._lease.alive():
+            self._lease = None
+        if self._lease is None:
+            self._lease = ledger_recorder(self.ledger).try_lease(f"pooling-ledger:relay:{self.name}")
+            if self._lease is None:
+                return False
+            self.published_up_to = self._read_published_marks(self.bootstrap_servers)
+            log.info("relay_leading", name=self.name, marks=len(self.published_up_to))
+        return True
 
     @staticmethod
     def _partitions(bootstrap_servers: str, topic: str) -> list[int]:
@@ -140,6 +158,8 @@ class Relay:
 
     def run_once(self) -> int:
         """Publishes one page of receipts; returns how many notifications it went through."""
+        if not self._leading():
+            return 0
         recorder = self.ledger.recorder
         last = recorder.max_tracking_id(self.name) or 0  # type: ignore[attr-defined]
         page = recorder.select_notifications(last + 1, RELAY_PAGE_SIZE_MAX, topics=RECEIPT_TOPICS)
@@ -180,4 +200,7 @@ class Relay:
 
     def close(self) -> None:
         self.producer.close()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 

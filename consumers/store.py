@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
@@ -98,6 +99,21 @@ class LedgerRecorder(PostgresProcessRecorder):
                 conn.execute("SELECT pg_advisory_unlock_all()")
                 conn.autocommit = autocommit
 
+    def try_lease(self, key: str) -> Lease | None:
+        """A session advisory lock on `key` held until released, or None if another process holds it.
+
+        It lives on a connection taken out of the pool, so it ends with this process.
+        """
+        pool = self.datastore.pool
+        pool.open()
+        conn = pool.getconn()
+        conn.autocommit = True
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS locked", (key,)).fetchone()
+        if row and row["locked"]:
+            return Lease(pool, conn, key)
+        pool.putconn(conn)
+        return None
+
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int]] = kwargs.get("positions", ())
         if positions:
@@ -130,6 +146,27 @@ class LedgerRecorder(PostgresProcessRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_existing, (list(ids),))
             return {r["originator_id"] for r in curs.fetchall()}
+
+
+class Lease:
+    """An advisory lock held by this process (see `LedgerRecorder.try_lease`)."""
+
+    def __init__(self, pool: Any, conn: Any, key: str) -> None:
+        self.pool, self.conn, self.key = pool, conn, key
+
+    def alive(self) -> bool:
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def release(self) -> None:
+        try:
+            self.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.key,))
+        except psycopg.Error:
+            pass  # the session is gone, and the lock with it
+        self.pool.putconn(self.conn)
 
 
 def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str]:

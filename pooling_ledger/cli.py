@@ -91,6 +91,8 @@ def consume(
 
     Each poll batch is saved with its Kafka positions in one PostgreSQL transaction; a
     restart continues from the stored positions, so nothing is lost or booked twice.
+    With POOLING_CONSUMER_MODE=group, several consumers share the partitions through a
+    Kafka consumer group (named POOLING_CONSUMER_GROUP).
     """
     from consumers.ingest import Ingestor
     from consumers.relay import Relay
@@ -104,7 +106,7 @@ def consume(
         ledger = open_ledger(url, _seed_policy(settings))
         ingestor = Ingestor(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
-            settings.batch_size_max, settings.poll_timeout_ms,
+            settings.batch_size_max, settings.poll_timeout_ms, group=settings.consumer_mode == "group",
         )
         relay = Relay(ledger, bootstrap, settings.ledger_topic, settings.rejections_topic)
         try:

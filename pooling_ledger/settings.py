@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     rejections_topic: str = Field(default=REJECTIONS_TOPIC, alias="POOLING_REJECTIONS_TOPIC")
     topic_partitions: int = Field(default=4, ge=1, le=256, alias="POOLING_TOPIC_PARTITIONS")
     consumer_group: str = Field(default="pooling-ledger", alias="POOLING_CONSUMER_GROUP")
+    consumer_mode: Literal["all", "group"] = Field(default="all", alias="POOLING_CONSUMER_MODE")
     batch_size_max: int = Field(default=2000, ge=1, le=50_000, alias="POOLING_BATCH_SIZE_MAX")
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000, alias="POOLING_POLL_TIMEOUT_MS")
     policy_file: Path | None = Field(default=None, alias="POOLING_POLICY_FILE")

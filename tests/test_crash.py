@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,9 @@ PROGRESS_WAIT_S = 60
 FINAL_RUN_TIMEOUT_S = 180
 
 
-def consumer_process(database_url: str, bootstrap: str, topics: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+def consumer_process(
+    database_url: str, bootstrap: str, topics: dict[str, str], *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -37,6 +40,7 @@ def consumer_process(database_url: str, bootstrap: str, topics: dict[str, str], 
         "POOLING_BATCH_SIZE_MAX": "40",
         "POOLING_POLL_TIMEOUT_MS": "100",
         "POOLING_LOG_LEVEL": "error",
+        **(env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pooling_ledger.cli", "consume", *extra],
@@ -95,3 +99,32 @@ def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
         assert receipt is not None and receipt.status == "accepted", e
     published = Counter(v["event_id"] for *_, v in read_all(kafka_bootstrap, topics["ledger"]))
     assert published == Counter({e["event_id"]: 1 for e in events}), "relay lost or repeated a message"
+
+
+def test_two_consumers_in_a_group_share_the_partitions_and_book_every_event_once(
+    database_url: str, kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    """POOLING_CONSUMER_MODE=group: two processes split the partitions; one relay publishes."""
+    events = Simulation(load_packaged_policy(), seed=9).clean_stream(60, opening_balance_fen_max=10**8)
+    publish(kafka_bootstrap, topics["events"], events)
+    group = {"POOLING_CONSUMER_MODE": "group", "POOLING_CONSUMER_GROUP": f"g-{topics['events']}"}
+    first = consumer_process(database_url, kafka_bootstrap, topics, "--idle-exit", "8", env=group)
+    second = consumer_process(database_url, kafka_bootstrap, topics, "--idle-exit", "8", env=group)
+    results = []
+    for process in (first, second):
+        out, err = process.communicate(timeout=FINAL_RUN_TIMEOUT_S)
+        assert process.returncode == 0, err.decode()[-3000:]
+        results.append(json.loads(out.decode().splitlines()[-1]))
+
+    booked = [r.get("accepted", 0) + r.get("duplicate", 0) for r in results]
+    assert sum(r.get("accepted", 0) for r in results) == len(events)
+    assert all(n > 0 for n in booked), f"a consumer got no partition: {results}"
+    ledger = open_ledger(database_url)
+    trial = fold(e for _, e in ledger.notifications(FUND_EVENT_TOPICS))
+    assert trial.transfer_count == len(events)
+    assert {a: b for a, b in trial.balances_fen.items() if b} == {
+        a: b for a, b in expected_balances(events).items() if b
+    }
+    ledger.close()
+    published = Counter(v["event_id"] for *_, v in read_all(kafka_bootstrap, topics["ledger"]))
+    assert published == Counter({e["event_id"]: 1 for e in events}), "two relays published"
