@@ -308,6 +308,38 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def replay(as_json: JsonFlag = False) -> None:
+    """Decide every recorded event again from its stored payload, on a fresh in-memory ledger
+    seeded with the same policy, and compare each fate and every fund's balance.
+
+    Exits 1 when anything differs: the numbers must follow from the inputs and the rules alone.
+    """
+    from consumers.store import open_ledger
+    from pooling_ledger.replay import replay as run_replay
+    from pooling_ledger.services import database
+
+    settings = _settings()
+    configure_logging(settings.log_format, "error")  # the replayed rejections are not news
+    with database(settings) as url:
+        ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
+        try:
+            result = run_replay(ledger)
+        finally:
+            ledger.close()
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        typer.echo(
+            f"replayed {result.decisions:,} decisions and compared {result.funds_compared} funds: "
+            + ("the same" if result.ok else f"{len(result.differences)} differences")
+        )
+        for difference in result.differences:
+            typer.echo(f"  {difference}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 JOURNAL_COLUMNS = (
     "notification_id", "event_id", "type", "debit_account", "credit_account", "amount_fen",
     "category", "fiscal_year", "occurred_at", "reversal_of", "prior_year_adjustment",

@@ -12,7 +12,10 @@ import pytest
 
 from tests.pipeline_support import claim, contribution
 
-COMMANDS = ["demo", "consume", "publish", "balances", "project", "serve", "verify", "export", "schemas", "schemas export"]
+COMMANDS = [
+    "demo", "consume", "publish", "balances", "project", "serve", "verify", "replay", "export",
+    "schemas", "schemas export",
+]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

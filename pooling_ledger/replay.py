@@ -1,0 +1,114 @@
+"""`pooling-ledger replay`: decide every recorded event again, from its stored payload, and compare.
+
+The ledger keeps, in each receipt, the payload it decided on. Replaying them in the
+order they were recorded through a fresh in-memory ledger, seeded with the same
+policy, must give the same fate for every event (accepted with the same transfer, or
+rejected with the same reason) and the same balance for every fund: the auditor's
+proof that the numbers follow from the inputs and the rules, and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.utils import get_topic
+
+from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.application import Inbound, Ledger, Outcome, SourcePosition
+from schemas.policy import Policy
+
+REPLAY_BATCH_SIZE_MAX = 1000
+DIFFERENCES_SHOWN_MAX = 20
+_DECISIONS = (Receipt.Accepted, Receipt.Rejected, Receipt.ConflictingDeliveryRejected)
+TOPICS = tuple(get_topic(cls) for cls in _DECISIONS)
+
+
+@dataclass
+class Replay:
+    decisions: int = 0
+    differences: list[str] = field(default_factory=list)
+    funds_compared: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def differ(self, text: str) -> None:
+        if len(self.differences) < DIFFERENCES_SHOWN_MAX:
+            self.differences.append(text)
+        elif len(self.differences) == DIFFERENCES_SHOWN_MAX:
+            self.differences.append("... (more differences not shown)")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "decisions": self.decisions, "funds_compared": self.funds_compared,
+                "differences": self.differences}
+
+
+def seed_policy_of(ledger: Ledger) -> Policy | None:
+    """The policy the ledger was seeded with: the first adoption in its policy book."""
+    for _, event in ledger.notifications((get_topic(PolicyBook.PolicyAdopted),)):
+        return Policy.model_validate(event.policy)
+    return None
+
+
+def replay(recorded: Ledger) -> Replay:
+    result = Replay()
+    fresh = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=seed_policy_of(recorded))
+    batch: list[tuple[Inbound, Any]] = []
+    for _, event in recorded.notifications(TOPICS):
+        batch.append((_inbound(event), event))
+        if len(batch) >= REPLAY_BATCH_SIZE_MAX:
+            _decide_and_compare(fresh, batch, result)
+            batch = []
+    _decide_and_compare(fresh, batch, result)
+    _compare_funds(recorded, fresh, result)
+    return result
+
+
+def _inbound(event: Any) -> Inbound:
+    """The message as the ledger received it, rebuilt from what the receipt kept."""
+    raw_base64 = getattr(event, "raw_base64", None)
+    raw = base64.b64decode(raw_base64) if raw_base64 else json.dumps(event.payload).encode()
+    source = event.source
+    position = SourcePosition(source["topic"], source["partition"], source["offset"]) if source else None
+    return Inbound.parse(raw, position)
+
+
+def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, Any]], result: Replay) -> None:
+    if not batch:
+        return
+    outcomes = fresh.record_batch([inbound for inbound, _ in batch])
+    for (_, recorded), outcome in zip(batch, outcomes, strict=True):
+        result.decisions += 1
+        _compare(fresh, recorded, outcome, result)
+
+
+def _compare(fresh: Ledger, recorded: Any, outcome: Outcome, result: Replay) -> None:
+    name = recorded.event_id or f"message at {recorded.source}"
+    if isinstance(recorded, Receipt.Accepted):
+        if outcome.status != "accepted":
+            result.differ(f"{name}: recorded accepted, replayed {outcome.status} ({outcome.reason})")
+            return
+        replayed = fresh.receipt(str(recorded.event_id))
+        if replayed is None or replayed.transfer != recorded.transfer:
+            result.differ(f"{name}: recorded transfer {recorded.transfer}, replayed "
+                          f"{replayed.transfer if replayed else None}")
+    elif outcome.status != "rejected" or outcome.reason != recorded.reason:
+        result.differ(f"{name}: recorded rejected ({recorded.reason}), replayed "
+                      f"{outcome.status} ({outcome.reason})")
+
+
+def _compare_funds(recorded: Ledger, fresh: Ledger, result: Replay) -> None:
+    for _, opened in recorded.notifications((get_topic(Fund.Opened),)):
+        kept, again = recorded.fund(opened.account), fresh.fund(opened.account)
+        result.funds_compared += 1
+        if kept is None or again is None or kept.balance_fen != again.balance_fen:
+            result.differ(
+                f"{opened.account}: recorded balance {kept.balance_fen if kept else None} fen, "
+                f"replayed {again.balance_fen if again else None} fen"
+            )
+        elif kept.totals_fen != again.totals_fen:
+            result.differ(f"{opened.account}: yearly totals differ after replay")

@@ -1,0 +1,90 @@
+"""`pooling-ledger replay`: every recorded decision follows again from its stored input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from consumers.store import open_ledger
+from ledger.application import Inbound, SourcePosition
+from ledger.policy import load_packaged_policy
+from pooling_ledger.simulate import Simulation, encode, pooling_year, with_faults
+from tests.upstream import contribution, event, extraction, opening, reversal
+
+pytestmark = pytest.mark.integration
+
+
+def run_replay(database_url: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pooling_ledger.cli", "replay", "--json"],
+        env={**os.environ, "DATABASE_URL": database_url, "POOLING_LOG_LEVEL": "error"},
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def book_a_year(database_url: str) -> int:
+    """A simulated December with its faults, a mid-year policy change and a reversal."""
+    ledger = open_ledger(database_url)
+    sim = Simulation(load_packaged_policy(), month=12, seed=21)
+    phases = pooling_year(sim, events_per_city=15)
+    messages = with_faults(sim, phases[0][1])
+    offset = 0
+    decided = 0
+    lower_rate = load_packaged_policy().model_copy(update={"extraction_rate_bp": 300})
+    extra = [
+        event("PolicyAdopted", occurred_at="2025-12-02T10:00:00+08:00",
+              policy=lower_rate.model_dump(mode="json"), effective_from="2026-01-01"),
+        opening("341800", "employee", 1_000_000, previous_year_income_fen=10_000_000,
+                fiscal_year=2026, occurred_at="2026-01-01T09:00:00+08:00"),
+    ]
+    fix = contribution("341800", "employee", 4_000, payer_kind="employer",
+                       occurred_at="2026-01-02T09:00:00+08:00")
+    later = [fix, reversal(fix, occurred_at="2026-01-03T09:00:00+08:00"),
+             extraction(300_000, city="341800", scheme="employee", fiscal_year=2026,
+                        occurred_at="2026-01-11T09:00:00+08:00"),  # 3 % of 10,000,000: allowed
+             extraction(1, city="341800", scheme="employee", fiscal_year=2026,
+                        occurred_at="2026-01-11T10:00:00+08:00")]  # above the new 3 %
+    batches = [messages, [encode(e) for e in extra], *[[encode(e) for e in p] for _, p in phases[1:]],
+               [encode(e) for e in later]]
+    for batch in batches:
+        inbound = []
+        for _, value in batch:
+            inbound.append(Inbound.parse(value, SourcePosition("t", 0, offset)))
+            offset += 1
+        decided += len(ledger.record_batch(inbound))
+    ledger.close()
+    return decided
+
+
+def test_replaying_every_recorded_decision_gives_the_same_fates_and_balances(database_url: str) -> None:
+    decided = book_a_year(database_url)
+    code, result = run_replay(database_url)
+    assert code == 0, result
+    assert result["ok"] is True
+    duplicates = 3  # re-deliveries leave no new decision to replay
+    assert result["decisions"] == decided - duplicates
+    assert result["funds_compared"] >= 34
+
+
+def test_replay_finds_a_stored_input_that_no_longer_gives_its_recorded_decision(database_url: str) -> None:
+    book_a_year(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:  # a superuser rewrites an input
+        conn.execute("ALTER TABLE ledger_events DISABLE TRIGGER ledger_events_append_only")
+        changed = conn.execute(
+            "UPDATE ledger_events SET state = convert_to(replace(convert_from(state, 'UTF8'),"
+            " '\"amount_fen\":4000,', '\"amount_fen\":4400,'), 'UTF8')"
+            " WHERE topic = 'ledger.aggregates:Receipt.Accepted'"
+            " AND convert_from(state, 'UTF8') LIKE '%\"payer_kind\":\"employer\",\"amount_fen\":4000,%'"
+        ).rowcount
+        conn.execute("ALTER TABLE ledger_events ENABLE TRIGGER ledger_events_append_only")
+    assert changed == 1
+    code, result = run_replay(database_url)
+    assert code == 1
+    assert any("recorded transfer" in d for d in result["differences"]), result
