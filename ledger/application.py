@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID, uuid5
 
 import structlog
@@ -58,6 +58,7 @@ from schemas.events import (
 from schemas.policy import ExtractionBase, Policy, Scheme
 
 log = structlog.get_logger("ledger")
+_Found = TypeVar("_Found", bound=Aggregate)
 
 #: How often a batch is retried when another writer saved the same aggregate first.
 SAVE_ATTEMPTS_MAX = 20
@@ -180,9 +181,8 @@ class Ledger(Application[UUID]):
 
     name = "Ledger"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Fund: FUND_SNAPSHOT_INTERVAL}
-    # The consumer is the only writer of its cities' funds: keep them in memory between
-    # batches instead of re-reading them (a conflicting writer makes the save fail, and the
-    # batch is decided again on fresh state).
+    # Aggregates stay in memory between batches; each is brought up to date with the events
+    # recorded since (by any writer) when a batch reads it, instead of being rebuilt.
     env: ClassVar[dict[str, str]] = {
         "AGGREGATE_CACHE_MAXSIZE": "5000",
         "AGGREGATE_CACHE_FASTFORWARD": "n",
@@ -240,27 +240,20 @@ class Ledger(Application[UUID]):
         return nullcontext()
 
     def receipt(self, event_id: str) -> Receipt | None:
-        try:
-            found: object = self.repository.get(receipt_id(event_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(found, Receipt)
-        return found
+        return self._find(receipt_id(event_id), Receipt)
 
     def fund(self, account: str) -> Fund | None:
-        try:
-            found: object = self.repository.get(accounts.fund_id(account))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(found, Fund)
-        return found
+        return self._find(accounts.fund_id(account), Fund)
 
     def policy_book(self) -> PolicyBook | None:
+        return self._find(POLICY_BOOK_ID, PolicyBook)
+
+    def _find(self, id: UUID, kind: type[_Found]) -> _Found | None:
         try:
-            found: object = self.repository.get(POLICY_BOOK_ID)
+            found: object = self.repository.get(id)
         except AggregateNotFoundError:
             return None
-        assert isinstance(found, PolicyBook)
+        assert isinstance(found, kind), (id, type(found))
         return found
 
     # -- one message ----------------------------------------------------------
