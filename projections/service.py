@@ -7,12 +7,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import structlog
 import uvicorn
 
 from consumers.store import open_ledger
 from projections.api import create_app
-from projections.projector import Projector
+from projections.projector import Projector, ensure_schema
 from projections.roles import ensure_reader_role, reader_url
 from schemas.policy import Policy
 
@@ -76,6 +77,10 @@ def serve(
     if projector is not None:
         projector.projector.run_until_caught_up()  # the first page a user sees is current
         projector.start()
+    else:  # another process projects: the tables the reader is granted must exist all the same
+        open_ledger(database_url, seed_policy).close()
+        with psycopg.connect(database_url) as conn:
+            ensure_schema(conn)
     ensure_reader_role(database_url, reader_role, reader_password)
     app = create_app(reader_url(database_url, reader_role, reader_password), token)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

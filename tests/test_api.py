@@ -423,3 +423,34 @@ def test_serve_command_projects_serves_with_the_token_and_stops_on_sigint(databa
             out, err = process.communicate()
     assert process.returncode == 0, err.decode()[-3000:]
     assert f"127.0.0.1:{port}" in out.decode()
+
+
+def test_serve_without_its_projector_starts_on_an_empty_database(database_url: str) -> None:
+    """Another process may project: serve must still create what its read role is granted."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pooling_ledger.cli", "serve", "--no-project", "--port", str(port)],
+        env={**os.environ, "DATABASE_URL": database_url, "POOLING_API_TOKEN": "t0ken",
+             "POOLING_LOG_LEVEL": "error"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        health: tuple[int, Any] | None = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = http_get(f"{base}/health", None)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        assert health is not None, (
+            process.communicate()[1].decode()[-3000:] if process.poll() is not None else "timeout"
+        )
+        assert health == (200, {"status": "ok", "projection_lag": 0, "projection_position": 0})
+        status, body = http_get(f"{base}/v1/audit/trial-balance", "t0ken")
+        assert status == 200 and body["accounts"] == [] and body["total_fen"] == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
