@@ -7,12 +7,14 @@ Each command checks its rule in a `check_*` method named after RULES.md and rais
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent, Snapshot
 
 from ledger import accounts
+from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
 from schemas.policy import Policy
@@ -58,6 +60,8 @@ class Fund(Aggregate):
         self.budgets: dict[int, dict[str, Any]] = {}
         # fiscal year -> the income fixed when the year was closed (P1).
         self.closed_years: dict[int, int] = {}
+        # the latest business day (CST, ISO) a movement of this fund happened on
+        self.last_business_day: str | None = None
 
     @classmethod
     def open(cls, account: str) -> Fund:
@@ -371,6 +375,8 @@ class Fund(Aggregate):
             year[self.category] = year.get(self.category, 0) + sign * self.amount_fen
             if self.category != OPENING_CATEGORY:
                 fund.year_net_fen[self.fiscal_year] = fund.year_net_fen.get(self.fiscal_year, 0) + delta
+            day = business_date_of(datetime.fromisoformat(self.occurred_at)).isoformat()
+            fund.last_business_day = max(day, fund.last_business_day or day)
 
     class OpeningRecorded(TransferBooked):
         previous_year_income_fen: int

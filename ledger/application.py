@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID, uuid5
 
@@ -509,9 +510,27 @@ class Ledger(Application[UUID]):
                 f"effective_from {e.effective_from} is before the adoption day {day}: a policy "
                 "cannot change decisions already taken",
             )
+        self.check_no_booking_on_or_after(e.effective_from, policy, work)
         book = work.get(POLICY_BOOK_ID)
         assert isinstance(book, PolicyBook)
         book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
+
+    @staticmethod
+    def check_no_booking_on_or_after(effective_from: date, policy: Policy, work: _WorkingSet) -> None:
+        """A policy arriving late must not take effect where movements were already booked."""
+        for city in [*policy.cities, None]:
+            for scheme in Scheme:
+                fund = work.get(accounts.fund_id(accounts.fund_account(city, scheme)))
+                if not isinstance(fund, Fund) or fund.last_business_day is None:
+                    continue
+                if date.fromisoformat(fund.last_business_day) >= effective_from:
+                    raise Rejected(
+                        Reason.policy_violation,
+                        "M2",
+                        f"{fund.account} has movements booked on {fund.last_business_day}, on or "
+                        f"after effective_from {effective_from}: a policy cannot change decisions "
+                        "already taken",
+                    )
 
     @staticmethod
     def check_phase_active(e: AdjustmentFundExtracted | AdjustmentFundAllocated, policy: Policy) -> None:

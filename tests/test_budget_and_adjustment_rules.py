@@ -1302,3 +1302,18 @@ def test_the_go_live_openings_income_is_the_extraction_base_even_after_an_empty_
         ACCEPTED,
         ("rejected", "extraction_cap_exceeded"),
     ]
+
+
+def test_a_policy_arriving_after_movements_dated_on_or_after_its_effective_day_is_rejected() -> None:
+    """Adopted on 20 May to take effect on 1 July, but booked only after an August movement."""
+    ledger = new_ledger()
+    feed(ledger, contribution(WUHU, amount_fen=1_000, occurred_at="2025-08-15T10:00:00+08:00"))
+    late = adopt(anhui(extraction_rate_bp=300), "2025-07-01", occurred_at="2025-05-20T10:00:00+08:00")
+    outcome = one(ledger, late)
+    assert (outcome.status, outcome.reason) == ("rejected", "policy_violation")
+    assert outcome.detail is not None and "2025-08-15" in outcome.detail
+    book = ledger.policy_book()
+    assert book is not None and len(book.timeline) == 1
+    # taking effect after the latest movement is still possible
+    on_time = adopt(anhui(extraction_rate_bp=300), "2025-08-16", occurred_at="2025-05-20T10:00:00+08:00")
+    assert statuses(feed(ledger, on_time)) == [ACCEPTED]
