@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from datetime import datetime
@@ -75,8 +76,11 @@ def demo(
     """
     from pooling_ledger.demo import run_demo
 
+    settings = _settings()
+    if "POOLING_LOG_LEVEL" not in os.environ:  # the report tells the story; keep warnings only
+        configure_logging(settings.log_format, "warning")
     run_demo(
-        _settings(), events_per_city=events_per_city, seed=seed, as_json=as_json, serve=not no_serve
+        settings, events_per_city=events_per_city, seed=seed, as_json=as_json, serve=not no_serve
     )
 
 
