@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from consumers import relay_process
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 
@@ -52,33 +55,74 @@ class RelayThread(threading.Thread):
             raise RuntimeError("the relay to the outcome topics failed") from self.error
 
     def stop(self) -> None:
+        """Stops after publishing whatever is booked."""
         self.stopping.set()
         self.join(RELAY_JOIN_TIMEOUT_S)
+        self.check()
+        self.relay.run_until_caught_up()
+
+
+class RelayProcess:
+    """The relay in a process of its own, so it runs on another core than the booking.
+
+    The child dies with its parent (PR_SET_PDEATHSIG), and publishes only while it holds
+    the relay's PostgreSQL lease, so a crash of either leaves nothing half-done.
+    """
+
+    def __init__(self, database_url: str, bootstrap_servers: str, ledger_topic: str, rejections_topic: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stopping = context.Event()
+        self.process = context.Process(
+            target=relay_process.main,
+            args=(os.getpid(), database_url, bootstrap_servers, ledger_topic, rejections_topic, self.stopping),
+            name="relay",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self.process.start()
+
+    def check(self) -> None:
+        if not self.process.is_alive() and self.process.exitcode not in (None, 0):
+            raise RuntimeError(f"the relay process failed (exit code {self.process.exitcode})")
+
+    def stop(self) -> None:
+        """Stops after publishing whatever is booked."""
+        self.stopping.set()
+        self.process.join(RELAY_JOIN_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            raise RuntimeError("the relay process did not stop in time")
+        self.check()
+
+
+RelayWorker = RelayThread | RelayProcess
 
 
 def consume(
     ingestor: Ingestor,
-    relay: Relay,
+    relay: Relay | RelayProcess,
     *,
     should_stop: Callable[[], bool] = lambda: False,
     idle_exit_s: float | None = None,
 ) -> ConsumeStats:
-    """Runs until `should_stop()` or, with `idle_exit_s`, once nothing arrived for that long."""
-    relay_thread = RelayThread(relay)
-    relay_thread.start()
+    """Runs until `should_stop()` or, with `idle_exit_s`, once nothing arrived for that long.
+
+    `relay` publishes from a thread of this process (a `Relay`) or from its own process.
+    """
+    worker: RelayWorker = RelayThread(relay) if isinstance(relay, Relay) else relay
+    worker.start()
     try:
-        stats = _ingest(ingestor, relay_thread, should_stop, idle_exit_s)
+        stats = _ingest(ingestor, worker, should_stop, idle_exit_s)
     finally:
-        relay_thread.stop()
-    relay_thread.check()
-    relay.run_until_caught_up()
+        worker.stop()
     log.info("consume_stopped", batches=stats.batches, **dict(stats.outcomes))
     return stats
 
 
 def _ingest(
     ingestor: Ingestor,
-    relay_thread: RelayThread,
+    relay_thread: RelayWorker,
     should_stop: Callable[[], bool],
     idle_exit_s: float | None,
 ) -> ConsumeStats:

@@ -99,7 +99,7 @@ def consume(
     Kafka consumer group (named POOLING_CONSUMER_GROUP).
     """
     from consumers.ingest import Ingestor
-    from consumers.relay import Relay
+    from consumers.runner import RelayProcess
     from consumers.runner import consume as consume_loop
     from consumers.store import open_ledger
     from pooling_ledger.services import database, kafka
@@ -112,12 +112,12 @@ def consume(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
             settings.batch_size_max, settings.poll_timeout_ms, group=settings.consumer_mode == "group",
         )
-        relay = Relay(ledger, bootstrap, settings.ledger_topic, settings.rejections_topic)
+        # the relay runs in a process of its own: booking and publishing each get a core
+        relay = RelayProcess(url, bootstrap, settings.ledger_topic, settings.rejections_topic)
         try:
             stats = consume_loop(ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit)
         finally:
             ingestor.close()
-            relay.close()
             ledger.close()
     typer.echo(json.dumps({"batches": stats.batches, **dict(stats.outcomes)}))
 

@@ -21,7 +21,7 @@ from tests.pipeline_support import expected_balances, publish, read_all
 
 pytestmark = pytest.mark.integration
 
-EVENTS_PER_CITY = 200  # 16 cities: 3,200 movements + 32 openings
+EVENTS_PER_CITY = 300  # 16 cities: 4,800 movements + 32 openings
 KILLS = 5
 PROGRESS_WAIT_S = 60
 FINAL_RUN_TIMEOUT_S = 180
@@ -70,7 +70,7 @@ def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
         target = start + 150 + 97 * kill  # a different point in the stream each time
         deadline = time.monotonic() + PROGRESS_WAIT_S
         while receipt_count(database_url) < target and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
         process.send_signal(signal.SIGKILL)
         process.wait()
