@@ -28,7 +28,11 @@ FINAL_RUN_TIMEOUT_S = 180
 
 
 def consumer_process(
-    database_url: str, bootstrap: str, topics: dict[str, str], *extra: str, env: dict[str, str] | None = None
+    database_url: str,
+    bootstrap: str,
+    topics: dict[str, str],
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -44,14 +48,18 @@ def consumer_process(
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pooling_ledger.cli", "consume", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
 def receipt_count(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
         try:
-            row = conn.execute("SELECT count(*) FROM ledger_events WHERE originator_version = 1").fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM ledger_events WHERE originator_version = 1"
+            ).fetchone()
         except psycopg.errors.UndefinedTable:
             return 0
     return int(row[0]) if row else 0
@@ -60,7 +68,9 @@ def receipt_count(database_url: str) -> int:
 def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
     database_url: str, kafka_bootstrap: str, topics: dict[str, str]
 ) -> None:
-    events = Simulation(load_packaged_policy(), seed=5).clean_stream(EVENTS_PER_CITY, opening_balance_fen_max=10**8)
+    events = Simulation(load_packaged_policy(), seed=5).clean_stream(
+        EVENTS_PER_CITY, opening_balance_fen_max=10**8
+    )
     publish(kafka_bootstrap, topics["events"], events)
 
     kills = 0
@@ -69,9 +79,15 @@ def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
         start = receipt_count(database_url)
         target = start + 150 + 97 * kill  # a different point in the stream each time
         deadline = time.monotonic() + PROGRESS_WAIT_S
-        while receipt_count(database_url) < target and time.monotonic() < deadline and process.poll() is None:
+        while (
+            receipt_count(database_url) < target
+            and time.monotonic() < deadline
+            and process.poll() is None
+        ):
             time.sleep(0.02)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
+        assert process.poll() is None, (
+            process.stderr.read().decode()[-2000:] if process.stderr else ""
+        )
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
@@ -98,14 +114,18 @@ def test_consumer_killed_with_sigkill_repeatedly_books_every_event_exactly_once(
         receipt = ledger.receipt(e["event_id"])
         assert receipt is not None and receipt.status == "accepted", e
     published = Counter(v["event_id"] for *_, v in read_all(kafka_bootstrap, topics["ledger"]))
-    assert published == Counter({e["event_id"]: 1 for e in events}), "relay lost or repeated a message"
+    assert published == Counter({e["event_id"]: 1 for e in events}), (
+        "relay lost or repeated a message"
+    )
 
 
 def test_two_consumers_in_a_group_share_the_partitions_and_book_every_event_once(
     database_url: str, kafka_bootstrap: str, topics: dict[str, str]
 ) -> None:
     """POOLING_CONSUMER_MODE=group: two processes split the partitions; one relay publishes."""
-    events = Simulation(load_packaged_policy(), seed=9).clean_stream(60, opening_balance_fen_max=10**8)
+    events = Simulation(load_packaged_policy(), seed=9).clean_stream(
+        60, opening_balance_fen_max=10**8
+    )
     publish(kafka_bootstrap, topics["events"], events)
     group = {"POOLING_CONSUMER_MODE": "group", "POOLING_CONSUMER_GROUP": f"g-{topics['events']}"}
     first = consumer_process(database_url, kafka_bootstrap, topics, "--idle-exit", "8", env=group)
@@ -128,3 +148,27 @@ def test_two_consumers_in_a_group_share_the_partitions_and_book_every_event_once
     ledger.close()
     published = Counter(v["event_id"] for *_, v in read_all(kafka_bootstrap, topics["ledger"]))
     assert published == Counter({e["event_id"]: 1 for e in events}), "two relays published"
+
+
+def test_the_relay_process_dies_with_a_consumer_killed_by_sigkill(
+    database_url: str, kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    """An orphaned relay would hold the relay's lease behind the back of the next consumer."""
+    import psutil
+
+    publish(kafka_bootstrap, topics["events"], Simulation(load_packaged_policy(), seed=2).clean_stream(5))
+    process = consumer_process(database_url, kafka_bootstrap, topics)
+    deadline = time.monotonic() + PROGRESS_WAIT_S
+    relays: list[psutil.Process] = []
+    while time.monotonic() < deadline and not relays and process.poll() is None:
+        relays = [
+            child for child in psutil.Process(process.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        time.sleep(0.1)
+    assert relays, "the consumer started no relay process"
+    time.sleep(1.0)  # past the relay's start-up: its life is tied to the consumer's by now
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, alive = psutil.wait_procs(relays, timeout=10)
+    assert not alive, f"relay processes outlived their consumer: {alive}"
