@@ -19,6 +19,7 @@ import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
 from consumers.store import ledger_recorder
+from consumers.topics import record_exists
 from ledger.application import Inbound, Ledger, Outcome, SourcePosition
 
 log = structlog.get_logger("consumers.ingest")
@@ -60,6 +61,7 @@ class Ingestor:
         group: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.consumer_name = consumer_name
         self.batch_size_max = batch_size_max
@@ -127,8 +129,8 @@ class Ingestor:
             return
         ends = self.consumer.end_offsets(list(positions))
         for tp, offset in positions.items():
-            if offset <= ends[tp]:
-                continue
+            if offset <= ends[tp] or record_exists(self.bootstrap_servers, tp, offset - 1):
+                continue  # the broker under-reported its end (see consumers.topics)
             self.resets.append(PositionReset(tp.topic, tp.partition, offset, ends[tp]))
             log.error(
                 "stored_position_beyond_end",

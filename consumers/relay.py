@@ -27,8 +27,9 @@ from ledger.application import Ledger
 log = structlog.get_logger("consumers.relay")
 
 RELAY_PAGE_SIZE_MAX = 2000
-TAIL_POLL_TIMEOUT_MS = 2000
-TAIL_POLL_ATTEMPTS_MAX = 5
+TAIL_POLL_TIMEOUT_MS = 500
+#: Polls returning nothing before the tails count as read to their end.
+TAIL_EMPTY_POLLS = 3
 NOTIFICATION_HEADER = "ledger-notification-id"
 RECEIPT_TOPICS = (
     get_topic(Receipt.Accepted),
@@ -128,7 +129,11 @@ class Relay:
             consumer.close()
 
     def _read_published_marks(self, bootstrap_servers: str) -> dict[tuple[str, int], int]:
-        """The notification id of the last message on every output partition."""
+        """The notification id of the last message on every output partition.
+
+        Reads from just before the reported end to the real end: the reported end may be
+        the base offset of the last batch (see consumers.topics), never past the last record.
+        """
         marks: dict[tuple[str, int], int] = {}
         consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
         try:
@@ -138,20 +143,18 @@ class Relay:
                 for p in range(self.partition_counts[kind])
             ]
             ends = consumer.end_offsets(tps)
-            tails = [tp for tp in tps if ends[tp] > 0]
-            if not tails:
-                return marks
-            consumer.assign(tails)
-            for tp in tails:
-                consumer.seek(tp, ends[tp] - 1)
-            for _ in range(TAIL_POLL_ATTEMPTS_MAX):
-                for tp, records in consumer.poll(timeout_ms=TAIL_POLL_TIMEOUT_MS).items():
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, max(0, ends[tp] - 1))
+            empty = 0
+            while empty < TAIL_EMPTY_POLLS:
+                batch = consumer.poll(timeout_ms=TAIL_POLL_TIMEOUT_MS)
+                empty = 0 if batch else empty + 1
+                for tp, records in batch.items():
                     for record in records:
                         for header, value in record.headers or []:
                             if header == NOTIFICATION_HEADER:
                                 marks[(tp.topic, tp.partition)] = int(value)
-                if len(marks) == len(tails):
-                    break
         finally:
             consumer.close()
         return marks

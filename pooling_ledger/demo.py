@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -17,6 +17,7 @@ from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import consume
 from consumers.store import open_ledger
+from consumers.topics import read_topic
 from ledger import accounts
 from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, fold
@@ -31,8 +32,6 @@ from projections.service import serve as serve_api
 from schemas.policy import Policy
 
 DEMO_IDLE_EXIT_S = 0.8
-READ_BACK_TIMEOUT_MS = 1000
-READ_BACK_POLLS_MAX = 30
 
 
 def publish_messages(bootstrap: str, topic: str, messages: list[Message]) -> None:
@@ -41,25 +40,6 @@ def publish_messages(bootstrap: str, topic: str, messages: list[Message]) -> Non
         producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
-
-
-def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every message on `topic`, from the start to the end offsets seen now."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        values: list[dict[str, Any]] = []
-        for _ in range(READ_BACK_POLLS_MAX):
-            if all(consumer.position(tp) >= ends[tp] for tp in tps):
-                break
-            for records in consumer.poll(timeout_ms=READ_BACK_TIMEOUT_MS).values():
-                values.extend(json.loads(r.value) for r in records)
-        return values
-    finally:
-        consumer.close()
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -111,7 +91,7 @@ def run_demo(
         ingestor.close()
         relay.close()
         elapsed = time.monotonic() - started
-        rejections = Counter(m["reason"] for m in read_topic(bootstrap, settings.rejections_topic))
+        rejections = Counter(m.value["reason"] for m in read_topic(bootstrap, settings.rejections_topic))
         trial = fold((e for _, e in ledger.notifications(FUND_EVENT_TOPICS)))
         report = {
             "messages": published,

@@ -12,12 +12,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import ConsumeStats, consume
 from consumers.store import open_ledger
+from consumers.topics import read_topic
 from ledger.application import Ledger
 from tests import upstream
 
@@ -57,21 +58,7 @@ def publish(bootstrap: str, topic: str, messages: Iterable[dict[str, Any] | tupl
 
 def read_all(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, str], dict[str, Any]]]:
     """(partition, offset, headers, value) of every message on `topic`."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    out = []
-    for _ in range(60):
-        if all(consumer.position(tp) >= ends[tp] for tp in tps):
-            break
-        for tp, records in consumer.poll(timeout_ms=500).items():
-            for r in records:
-                headers = {k: v.decode() for k, v in (r.headers or [])}
-                out.append((tp.partition, r.offset, headers, json.loads(r.value)))
-    consumer.close()
-    return out
+    return [(m.partition, m.offset, m.headers, m.value) for m in read_topic(bootstrap, topic)]
 
 
 def run_pipeline(database_url: str, bootstrap: str, topics: dict[str, str], batch_size_max: int = 500) -> tuple[Ledger, ConsumeStats]:
