@@ -277,10 +277,10 @@ def verify(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Audit the event store: replayed trial balance is zero, funds match the replay, the read
-    tables match it, the store is still append-only; print the history's fingerprint.
+    """Audit the event store and print a fingerprint of its history.
 
-    Exits 1 when a check fails.
+    Checks that the replayed trial balance is zero, every fund matches the replay, the
+    read tables match it, and the store is still append-only. Exits 1 when a check fails.
     """
     from eventsourcing.persistence import ProgrammingError
 
@@ -314,10 +314,11 @@ def verify(
 
 @app.command()
 def replay(as_json: JsonFlag = False) -> None:
-    """Decide every recorded event again from its stored payload, on a fresh in-memory ledger
-    seeded with the same policy, and compare each fate and every fund's balance.
+    """Decide every recorded event again and compare the fates and balances.
 
-    Exits 1 when anything differs: the numbers must follow from the inputs and the rules alone.
+    Each event is decided from the payload its receipt kept, on a fresh in-memory ledger
+    seeded with the same policy. Exits 1 when anything differs: the numbers must follow
+    from the inputs and the rules alone.
     """
     from consumers.store import open_ledger
     from pooling_ledger.replay import replay as run_replay
