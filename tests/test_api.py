@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -379,20 +380,29 @@ def http_get(url: str, token: str | None) -> tuple[int, Any]:
         return error.code, json.loads(error.read() or b"null")
 
 
-def test_serve_command_projects_serves_with_the_token_and_stops_on_sigint(database_url: str) -> None:
-    ledger = open_ledger(database_url)
-    events = [contribution("340100", "resident", 123_456, "2025-12-02T10:00:00+08:00"),
-              contribution("340200", "employee", 654_321, "2025-12-03T10:00:00+08:00", "employer")]
-    Feed(ledger).send(events)  # not projected yet: serve projects before it answers
-    ledger.close()
+@dataclass
+class ServeRun:
+    """A `pooling-ledger serve` subprocess: its base URL, first /health answer and, once stopped, its output."""
+
+    base: str
+    health: tuple[int, Any]
+    returncode: int | None = None
+    out: str = ""
+    err: str = ""
+
+
+@contextmanager
+def serve_command(database_url: str, token: str, *args: str) -> Iterator[ServeRun]:
+    """Starts `serve` on a free port, waits for /health, and stops it with SIGINT on exit."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pooling_ledger.cli", "serve", "--port", str(port)],
-        env={**os.environ, "DATABASE_URL": database_url, "POOLING_API_TOKEN": "s3cret-token",
+        [sys.executable, "-m", "pooling_ledger.cli", "serve", *args, "--port", str(port)],
+        env={**os.environ, "DATABASE_URL": database_url, "POOLING_API_TOKEN": token,
              "POOLING_LOG_LEVEL": "error"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
+    run: ServeRun | None = None
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT_S
         health: tuple[int, Any] | None = None
@@ -405,15 +415,8 @@ def test_serve_command_projects_serves_with_the_token_and_stops_on_sigint(databa
         assert health is not None, (
             process.communicate()[1].decode()[-3000:] if process.poll() is not None else "timeout"
         )
-        assert health[0] == 200 and health[1]["projection_lag"] == 0
-
-        status, body = http_get(f"{base}/v1/cities/340100/balances?scheme=resident", "s3cret-token")
-        assert status == 200 and body["balance_fen"] == 123_456
-        status, body = http_get(f"{base}/v1/events/{events[1]['event_id']}", "s3cret-token")
-        assert status == 200 and body["status"] == "accepted"
-        for token in (None, "wrong"):
-            status, body = http_get(f"{base}/v1/cities/340100/balances?scheme=resident", token)
-            assert status == 401 and "balance_fen" not in (body or {})
+        run = ServeRun(base, health)
+        yield run
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -421,36 +424,33 @@ def test_serve_command_projects_serves_with_the_token_and_stops_on_sigint(databa
         except subprocess.TimeoutExpired:
             process.kill()
             out, err = process.communicate()
-    assert process.returncode == 0, err.decode()[-3000:]
-    assert f"127.0.0.1:{port}" in out.decode()
+        if run is not None:
+            run.returncode, run.out, run.err = process.returncode, out.decode(), err.decode()
+
+
+def test_serve_command_projects_serves_with_the_token_and_stops_on_sigint(database_url: str) -> None:
+    ledger = open_ledger(database_url)
+    events = [contribution("340100", "resident", 123_456, "2025-12-02T10:00:00+08:00"),
+              contribution("340200", "employee", 654_321, "2025-12-03T10:00:00+08:00", "employer")]
+    Feed(ledger).send(events)  # not projected yet: serve projects before it answers
+    ledger.close()
+    with serve_command(database_url, "s3cret-token") as run:
+        assert run.health[0] == 200 and run.health[1]["projection_lag"] == 0
+        status, body = http_get(f"{run.base}/v1/cities/340100/balances?scheme=resident", "s3cret-token")
+        assert status == 200 and body["balance_fen"] == 123_456
+        status, body = http_get(f"{run.base}/v1/events/{events[1]['event_id']}", "s3cret-token")
+        assert status == 200 and body["status"] == "accepted"
+        for token in (None, "wrong"):
+            status, body = http_get(f"{run.base}/v1/cities/340100/balances?scheme=resident", token)
+            assert status == 401 and "balance_fen" not in (body or {})
+    assert run.returncode == 0, run.err[-3000:]
+    assert run.base.removeprefix("http://") in run.out
 
 
 def test_serve_without_its_projector_starts_on_an_empty_database(database_url: str) -> None:
     """Another process may project: serve must still create what its read role is granted."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pooling_ledger.cli", "serve", "--no-project", "--port", str(port)],
-        env={**os.environ, "DATABASE_URL": database_url, "POOLING_API_TOKEN": "t0ken",
-             "POOLING_LOG_LEVEL": "error"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        health: tuple[int, Any] | None = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                health = http_get(f"{base}/health", None)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        assert health is not None, (
-            process.communicate()[1].decode()[-3000:] if process.poll() is not None else "timeout"
-        )
-        assert health == (200, {"status": "ok", "projection_lag": 0, "projection_position": 0})
-        status, body = http_get(f"{base}/v1/audit/trial-balance", "t0ken")
+    with serve_command(database_url, "t0ken", "--no-project") as run:
+        assert run.health == (200, {"status": "ok", "projection_lag": 0, "projection_position": 0})
+        status, body = http_get(f"{run.base}/v1/audit/trial-balance", "t0ken")
         assert status == 200 and body["accounts"] == [] and body["total_fen"] == 0
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
-    assert process.returncode == 0
+    assert run.returncode == 0, run.err[-3000:]
