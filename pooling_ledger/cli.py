@@ -59,7 +59,9 @@ def demo(
     events_per_city: Annotated[
         int, typer.Option(min=1, max=100_000, help="Movements per city in the simulated month.")
     ] = 150,
-    seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed of the simulation (default: a new month each run).")
+    ] = None,
     as_json: JsonFlag = False,
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="Exit after the report instead of serving the dashboard.")

@@ -59,14 +59,14 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def run_demo(
-    settings: Settings, *, events_per_city: int, seed: int, as_json: bool, serve: bool = True
+    settings: Settings, *, events_per_city: int, seed: int | None, as_json: bool, serve: bool = True
 ) -> None:
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     policy = load_packaged_policy()
     settings = demo_settings(settings)
     with database(settings) as url, kafka(settings) as bootstrap:
         ledger = open_ledger(url, policy)
-        sim = Simulation(policy, seed=seed + int(time.time()), month=12)
+        sim = Simulation(policy, seed=int(time.time()) if seed is None else seed, month=12)
         phases = pooling_year(sim, events_per_city)
         first_title, first = phases[0]
         phases[0] = (first_title, with_faults(sim, first))

@@ -44,6 +44,7 @@ class Simulation:
     received_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     paid_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     income_fen: dict[tuple[str, str], int] = field(default_factory=dict)
+    contributed_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     base_fen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +132,8 @@ class Simulation:
             return event
         self.received_fen[key] = self.received_fen.get(key, 0) + event["amount_fen"]
         self.income_fen[key] = self.income_fen.get(key, 0) + event["amount_fen"]
+        if event["type"] == "ContributionReceived":
+            self.contributed_fen[key] = self.contributed_fen.get(key, 0) + event["amount_fen"]
         return event
 
     def clean_stream(self, events_per_city: int, opening_balance_fen_max: int = 0) -> list[dict[str, Any]]:
@@ -219,8 +222,12 @@ def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[
                 hospital_level="primary", category="outpatient", eligible_fen=10_000, amount_fen=10_000)
     employee_extractions = []
     for city in cities[:4]:
+        # half the cap: the year close fixed the city's 2025 contributions as the 2026 base (X2)
+        amount = sim.contributed_fen.get((city, "employee"), 0) * policy.extraction_rate_bp // 10_000 // 2
+        if amount == 0:
+            continue
         extraction = sim.envelope("AdjustmentFundExtracted", f"{year + 1}-01-10T10:00:00+08:00", "nhsa.anhui")
-        extraction.update(city=city, scheme="employee", fiscal_year=year + 1, amount_fen=1_000_000)
+        extraction.update(city=city, scheme="employee", fiscal_year=year + 1, amount_fen=amount)
         employee_extractions.append(extraction)
     return [
         (f"{year}-12: openings, budgets, the month, resident extractions", phase1),

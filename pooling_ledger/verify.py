@@ -20,6 +20,8 @@ from consumers.store import ledger_recorder
 from ledger import accounts
 from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, fold
+from projections.projector import lag as projection_lag
+from projections.queries import trial_balance
 
 FINGERPRINT_PAGE_SIZE = 10_000
 
@@ -63,26 +65,24 @@ def verify(ledger: Ledger, database_url: str, expect: str | None = None, up_to: 
     for account, replayed in sorted(trial.balances_fen.items()):
         if not accounts.is_fund(account):
             continue
-        fund = ledger.repository.get(accounts.fund_id(account), version=None, deepcopy_from_cache=False)
-        result.check("funds_match_replay", fund.balance_fen == replayed,
-                     f"{account} holds {fund.balance_fen} fen, the replay says {replayed}")
+        fund = ledger.fund(account)
+        held = fund.balance_fen if fund is not None else None
+        result.check("funds_match_replay", held == replayed,
+                     f"{account} holds {held} fen, the replay says {replayed}")
         result.check("no_fund_negative", replayed >= 0, f"{account} is at {replayed} fen")
 
+    table = ledger_recorder(ledger).events_table_name
     with psycopg.connect(database_url) as conn:
         projected = _projected_balances(conn)
         if projected is not None:
             replayed_all = {a: b for a, b in trial.balances_fen.items() if b}
             result.facts["projection_checked"] = True
-            lagging = conn.execute(
-                "SELECT count(*) FROM ledger_events WHERE notification_id >"
-                " (SELECT notification_id FROM pl_tracking LIMIT 1)"
-            ).fetchone()
-            if lagging and lagging[0] == 0:
+            behind = projection_lag(conn, table)
+            if behind == 0:
                 result.check("projection_matches_replay", projected == replayed_all,
                              _difference(projected, replayed_all))
             else:
-                result.facts["projection_lag"] = int(lagging[0]) if lagging else None
-        table = ledger_recorder(ledger).events_table_name
+                result.facts["projection_lag"] = behind
         disabled = conn.execute(
             "SELECT count(*) FILTER (WHERE tgenabled = 'O'), count(*) FROM pg_trigger"
             " WHERE tgrelid = %s::regclass AND NOT tgisinternal",
@@ -101,12 +101,13 @@ def verify(ledger: Ledger, database_url: str, expect: str | None = None, up_to: 
 
 
 def _projected_balances(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
+    """The read tables' balances (the API's trial balance), or None where nothing is projected."""
     try:
-        rows = conn.execute("SELECT account, balance_fen FROM pl_account_balances").fetchall()
+        accounts_ = trial_balance(conn)["accounts"]
     except psycopg.errors.UndefinedTable:
         conn.rollback()
         return None
-    return {a: int(b) for a, b in rows if b}
+    return {a["account"]: a["balance_fen"] for a in accounts_ if a["balance_fen"]}
 
 
 def _difference(left: dict[str, int], right: dict[str, int]) -> str:
