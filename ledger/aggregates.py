@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent, Snapshot
+from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent
+from eventsourcing.domain import Snapshot as AggregateSnapshot
 
 from ledger import accounts
 from ledger.clock import business_date_of
@@ -342,7 +343,7 @@ class Fund(Aggregate):
 
     # -- events -----------------------------------------------------------
 
-    class Snapshot(Snapshot):
+    class Snapshot(AggregateSnapshot):
         """A fund's state, stored as JSON: fiscal years come back as int keys."""
 
         def mutate(self, aggregate: Any) -> Any:
