@@ -20,7 +20,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
 from consumers.store import ledger_recorder
 from consumers.topics import record_exists
-from ledger.application import Inbound, Ledger, Outcome, SourcePosition
+from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
 
 log = structlog.get_logger("consumers.ingest")
 
@@ -59,8 +59,10 @@ class Ingestor:
         poll_timeout_ms: int,
         *,
         group: bool = False,
+        message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES,
     ) -> None:
         self.ledger = ledger
+        self.message_size_max_bytes = message_size_max_bytes
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.consumer_name = consumer_name
@@ -70,6 +72,7 @@ class Ingestor:
         self._fetcher: _Fetcher | None = None
         self._stored_at_seek: dict[TopicPartition, int] = {}
         self._unchecked: list[TopicPartition] = []
+        self._unsaved: _Batch | None = None
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
@@ -143,12 +146,19 @@ class Ingestor:
             self.consumer.seek_to_beginning(tp)
 
     def poll_once(self) -> list[Outcome]:
-        """One poll batch: decided and saved with its positions in one transaction."""
-        batch = self._next_batch()
-        if batch is None:
+        """One poll batch: decided and saved with its positions in one transaction.
+
+        A batch whose save failed (PostgreSQL restarting, say) is kept and is the one the
+        next call decides again: a retry around this method never skips a batch.
+        """
+        if self._unsaved is None:
+            self._unsaved = self._next_batch()
+        if self._unsaved is None:
             return []
-        inbound, positions = batch
-        return self.ledger.record_batch(inbound, positions=positions)
+        inbound, positions = self._unsaved
+        outcomes = self.ledger.record_batch(inbound, positions=positions)
+        self._unsaved = None
+        return outcomes
 
     def _next_batch(self) -> _Batch | None:
         if self._fetcher is None:
@@ -168,7 +178,8 @@ class Ingestor:
         positions: list[tuple[str, str, int, int]] = []
         for tp, messages in records.items():
             for m in messages:
-                inbound.append(Inbound.parse(m.value, SourcePosition(tp.topic, tp.partition, m.offset)))
+                position = SourcePosition(tp.topic, tp.partition, m.offset)
+                inbound.append(Inbound.parse(m.value, position, self.message_size_max_bytes))
             positions.append((self.consumer_name, tp.topic, tp.partition, messages[-1].offset + 1))
         return inbound, positions
 
