@@ -194,7 +194,21 @@ def open_ledger(
     `create_tables=False` opens it as found: an auditor must not repair (e.g. re-enable the
     append-only triggers of) the store it is checking.
     """
+    create_tables = create_tables and _may_create_tables(database_url)
     return Ledger(env=postgres_env(database_url, create_tables), seed_policy=seed_policy)
+
+
+def _may_create_tables(database_url: str) -> bool:
+    """Whether this role makes the schema: not the ledger's writer, which uses tables an admin
+    role made for it (`projections.roles.prepare_database`) and may not change them."""
+    events_table = f"{Ledger.name.lower()}_events"
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT has_schema_privilege(current_schema(), 'CREATE') AND coalesce("
+            "(SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass(%s)), true)",
+            (events_table,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def ledger_recorder(ledger: Ledger) -> LedgerRecorder:

@@ -168,21 +168,20 @@ def serve(
     with the dashboard's link.
     """
     from pooling_ledger.embedded import free_port
-    from pooling_ledger.services import database
+    from pooling_ledger.services import database_roles
     from projections.service import api_token
     from projections.service import serve as serve_api
 
     settings = _settings()
     token = api_token(settings.api_token)
     chosen_port = port if port is not None else settings.api_port
-    with database(settings) as url:
+    with database_roles(settings) as db:
         serve_api(
-            url,
+            db.writer_url,
             host=host or settings.api_host,
             port=chosen_port or free_port(),
             token=token,
-            reader_role=settings.reader_role,
-            reader_password=settings.reader_password,
+            reader_url=db.reader_url,
             seed_policy=_seed_policy(settings),
             project=not no_project,
             on_ready=lambda base: typer.echo(_serving_message(base, token, settings.api_token is None)),
@@ -190,11 +189,18 @@ def serve(
 
 
 def _serving_message(base: str, token: str, generated: bool) -> str:
+    """Where to look; the token only when it was made for this run (a configured one is a secret)."""
+    if generated:
+        return (
+            f"dashboard: {base}/dashboard#token={token}\n"
+            f"API:       {base}/v1/... with 'Authorization: Bearer {token}'"
+            " (a token made for this run; set POOLING_API_TOKEN to choose one)"
+            f"\nOpenAPI:   {base}/docs\nstop with Ctrl-C"
+        )
     return (
-        f"dashboard: {base}/dashboard#token={token}\n"
-        f"API:       {base}/v1/... with 'Authorization: Bearer {token}'"
-        + (" (a token made for this run; set POOLING_API_TOKEN to choose one)" if generated else "")
-        + f"\nOpenAPI:   {base}/docs\nstop with Ctrl-C"
+        f"dashboard: {base}/dashboard#token=<POOLING_API_TOKEN>\n"
+        f"API:       {base}/v1/... with 'Authorization: Bearer <POOLING_API_TOKEN>'"
+        f"\nOpenAPI:   {base}/docs\nstop with Ctrl-C"
     )
 
 

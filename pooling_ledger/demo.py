@@ -23,10 +23,11 @@ from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, fold
 from ledger.policy import load_packaged_policy
 from pooling_ledger.embedded import free_port
-from pooling_ledger.services import database, kafka
+from pooling_ledger.services import database_roles, kafka
 from pooling_ledger.settings import Settings
 from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 from projections.projector import Projector
+from projections.roles import without_password
 from projections.service import api_token
 from projections.service import serve as serve_api
 from schemas.policy import Policy
@@ -64,7 +65,8 @@ def run_demo(
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     policy = load_packaged_policy()
     settings = demo_settings(settings)
-    with database(settings) as url, kafka(settings) as bootstrap:
+    with database_roles(settings) as db, kafka(settings) as bootstrap:
+        url = db.writer_url
         ledger = open_ledger(url, policy)
         sim = Simulation(policy, seed=int(time.time()) if seed is None else seed, month=12)
         phases = pooling_year(sim, events_per_city)
@@ -101,7 +103,7 @@ def run_demo(
             "cities": city_balances(ledger, policy.cities, sim.year),
             "adjustment_funds": adjustment_funds(ledger, sim.year),
             "trial_balance": trial.as_json(),
-            "database_url": url,
+            "database_url": without_password(url),
             "kafka_bootstrap_servers": bootstrap,
         }
         projector = Projector(ledger, url)
@@ -113,23 +115,28 @@ def run_demo(
         else:
             print_report(console, report, trial, settings)
         if serve and not as_json:
-            serve_dashboard(console, settings, url, policy, sim.year)
+            serve_dashboard(console, settings, url, db.reader_url, policy, sim.year)
 
 
-def serve_dashboard(console: Console, settings: Settings, url: str, policy: Policy, year: int) -> None:
-    """The demo ends by serving the treasury's dashboard on the demo's store, until Ctrl-C."""
+def serve_dashboard(
+    console: Console, settings: Settings, url: str, reader_url: str, policy: Policy, year: int
+) -> None:
+    """The demo ends by serving the treasury's dashboard on the demo's store, until Ctrl-C.
+
+    The token is printed only when it was made for this run: a configured one is a secret.
+    """
     token = api_token(settings.api_token)
+    shown = token if settings.api_token is None else "<POOLING_API_TOKEN>"
     serve_api(
         url,
         host=settings.api_host,
         port=settings.api_port or free_port(),
         token=token,
-        reader_role=settings.reader_role,
-        reader_password=settings.reader_password,
+        reader_url=reader_url,
         seed_policy=policy,
         on_ready=lambda base: console.print(
-            f"\n[bold]Treasury dashboard:[/] {base}/dashboard?year={year}#token={token}\n"
-            f"API: {base}/docs (bearer token {token}); stop with Ctrl-C"
+            f"\n[bold]Treasury dashboard:[/] {base}/dashboard?year={year}#token={shown}\n"
+            f"API: {base}/docs (bearer token {shown}); stop with Ctrl-C"
         ),
     )
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -35,6 +38,13 @@ LOCALHOST = "127.0.0.1"
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 #: Database superuser created by initdb.
 POSTGRES_SUPERUSER = "postgres"
+#: Authentication of every connection (initdb --auth): password, never trust.
+AUTH_METHOD = "scram-sha-256"
+#: Bytes of randomness in a generated role password (URL-safe base64, so ~1.3 chars per byte).
+PASSWORD_BYTES = 24
+#: A role's generated password lives in ``{data_dir}/{role}{PASSWORD_FILE_SUFFIX}``, mode 0600.
+PASSWORD_FILE_SUFFIX = ".password"
+PASSWORD_FILE_MODE = 0o600
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -99,6 +109,43 @@ def _looks_like_postgres(pid: int) -> bool:
     return "postgres" in Path(argv0).name or argv0.startswith("postgres")
 
 
+def password_file(data_dir: Path, role: str) -> Path:
+    """Where the embedded server's generated password of ``role`` is kept (mode 0600)."""
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"role name {role!r}: letters, digits and underscores only")
+    return Path(data_dir) / f"{role}{PASSWORD_FILE_SUFFIX}"
+
+
+def read_password(data_dir: Path, role: str) -> str | None:
+    """The stored password of ``role`` on the embedded server of ``data_dir``, if there is one."""
+    try:
+        return password_file(data_dir, role).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def stored_password(data_dir: Path, role: str) -> str:
+    """The stored password of ``role``, generated (secrets module) and stored 0600 on first use."""
+    path = password_file(data_dir, role)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PASSWORD_FILE_MODE)
+    except FileExistsError:
+        existing = read_password(data_dir, role)
+        if existing is None:
+            raise RuntimeError(f"{path} is empty: remove it to have a new password made") from None
+        return existing
+    password = secrets.token_urlsafe(PASSWORD_BYTES)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def role_url(role: str, password: str | None, port: int, host: str = LOCALHOST, dbname: str = "postgres") -> str:
+    """A libpq URL for ``role`` (the password percent-encoded)."""
+    secret = ":" + quote(password, safe="") if password else ""
+    return f"postgresql://{quote(role, safe='')}{secret}@{host}:{port}/{quote(dbname, safe='')}"
+
+
 def _log_tail(path: Path | None) -> str:
     if path is None or not path.exists():
         return "(no log)"
@@ -119,7 +166,10 @@ def _terminate(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: fl
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server on 127.0.0.1 (TCP only, trust auth) serving ``data_dir``.
+    """A PostgreSQL server on 127.0.0.1 (TCP only, scram-sha-256 passwords) serving ``data_dir``.
+
+    initdb makes the superuser with a generated password, kept in
+    ``{data_dir}/postgres.password`` (mode 0600) and part of ``url``: never log ``url``.
 
     ``fast=True`` trades crash-safety against OS crashes for speed (``initdb --no-sync``,
     ``fsync=off``, ``synchronous_commit=off``); a clean stop/start keeps all data either way.
@@ -149,7 +199,11 @@ class EmbeddedPostgres:
     def url(self) -> str:
         if self.port is None or self._proc is None:
             raise RuntimeError(f"embedded PostgreSQL for {self.data_dir} is not running")
-        return f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
+        return role_url(POSTGRES_SUPERUSER, self.superuser_password, self.port)
+
+    @property
+    def superuser_password(self) -> str | None:
+        return read_password(self.data_dir, POSTGRES_SUPERUSER)
 
     @property
     def running(self) -> bool:
@@ -223,11 +277,48 @@ class EmbeddedPostgres:
         pid_file.unlink(missing_ok=True)
 
     def _initdb(self) -> None:
+        """initdb with password authentication; the superuser's password is generated and kept 0600.
+
+        initdb reads the password from a file (never an argument, which `ps` would show): a
+        0600 file in a private temporary folder, removed once initdb is done.
+        """
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        secret_dir = Path(tempfile.mkdtemp(prefix="pooling-ledger-initdb-"))
+        try:
+            pwfile = secret_dir / "pwfile"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PASSWORD_FILE_MODE)
+            with os.fdopen(fd, "w") as out:
+                out.write(password + "\n")
+            run_as = self._run_as()
+            if run_as:  # initdb runs as the postgres system user: let it read the file
+                for path in (secret_dir, pwfile):
+                    os.chown(path, run_as["user"], run_as["group"])
+            self._run_initdb(pwfile)
+        finally:
+            shutil.rmtree(secret_dir, ignore_errors=True)
+        target = password_file(self.data_dir, POSTGRES_SUPERUSER)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PASSWORD_FILE_MODE)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+
+    def _check_password_auth(self) -> None:
+        """Refuses a data directory an earlier version made with trust authentication."""
+        if self.superuser_password is not None:
+            return
+        raise RuntimeError(
+            f"the PostgreSQL data directory {self.data_dir} has no {POSTGRES_SUPERUSER}"
+            f"{PASSWORD_FILE_SUFFIX} file: an earlier version made it to trust every connection. "
+            f"Remove it (e.g. `rm -rf {self.data_dir}`, or the whole POOLING_DATA_DIR such as var/) "
+            "and run again: a new one with password authentication is made"
+        )
+
+    def _run_initdb(self, pwfile: Path) -> None:
         args = [
             str(_pg_bin_path() / "initdb"),
             "-D",
             str(self.data_dir),
-            "--auth=trust",
+            f"--auth={AUTH_METHOD}",
+            f"--pwfile={pwfile}",
             "-U",
             POSTGRES_SUPERUSER,
             "--encoding=UTF8",
@@ -262,6 +353,7 @@ class EmbeddedPostgres:
         self._clear_stale_pid_file()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        self._check_password_auth()
         attempts = 1 if self._fixed_port is not None else PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
             self.port = self._fixed_port if self._fixed_port is not None else free_port()
@@ -300,7 +392,7 @@ class EmbeddedPostgres:
             **self._run_as(),
         )
         atexit.register(self.stop)
-        url = f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
+        url = role_url(POSTGRES_SUPERUSER, self.superuser_password, self.port or 0)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self._proc.poll() is not None:

@@ -2,6 +2,18 @@
 
 With `DATABASE_URL` unset, the embedded PostgreSQL serves `{POOLING_DATA_DIR}/postgres`
 (kept between runs; a server already running on it, e.g. under `demo`, is reused).
+
+Roles (see `projections.roles`): an admin connection creates the schema and two roles, and
+the application connects as the writer, which owns nothing and cannot switch off the event
+store's append-only triggers. The admin is
+- embedded: the superuser, whose password initdb stored in `{data_dir}/postgres.password`; the
+  writer's and reader's passwords (unless configured) are generated beside it, mode 0600;
+- `DATABASE_ADMIN_URL` when set: then `DATABASE_URL` names the writer role and its password;
+- else `DATABASE_URL` itself: the writer is `POOLING_WRITER_ROLE` with `POOLING_WRITER_PASSWORD`,
+  or a password derived from the admin's (`projections.roles.derived_password`), or when the
+  admin URL has none, one generated into `{POOLING_DATA_DIR}`.
+
+URLs here carry passwords: log them only through `projections.roles.without_password`.
 With `KAFKA_BOOTSTRAP_SERVERS` unset, a running embedded broker announced in
 `{POOLING_DATA_DIR}/kafka.json` is reused, or one is started for this process.
 """
@@ -12,12 +24,24 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
-from pooling_ledger.embedded import EmbeddedKafka, EmbeddedPostgres, ensure_topics
+from pooling_ledger.embedded import (
+    POSTGRES_SUPERUSER,
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    ensure_topics,
+    read_password,
+    role_url,
+    stored_password,
+)
 from pooling_ledger.settings import Settings
+from projections.roles import derived_password, prepare_database
+from projections.roles import role_url as with_role
 
 log = structlog.get_logger("services")
 
@@ -37,27 +61,80 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _running_postgres_url(data_dir: Path) -> str | None:
-    """The URL of a live embedded server on `data_dir` (postmaster.pid: pid, ..., port)."""
+    """The superuser's URL of a live embedded server on `data_dir` (postmaster.pid: pid, ..., port)."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres" if _pid_alive(pid) else None
+    if not _pid_alive(pid):
+        return None
+    return role_url(POSTGRES_SUPERUSER, read_password(data_dir, POSTGRES_SUPERUSER), port)
+
+
+@dataclass(frozen=True)
+class Database:
+    """The URLs of one ledger database: its admin (schema owner), writer and reader roles."""
+
+    admin_url: str
+    writer_url: str
+    reader_url: str
+
+
+def _roles(settings: Settings, admin_url: str, secrets_dir: Path | None) -> Database:
+    """Prepares the schema and roles as the admin; the URLs the application then connects with."""
+
+    def password(role: str, configured: str | None) -> str:
+        if configured:
+            return configured
+        if secrets_dir is not None:
+            return stored_password(secrets_dir, role)
+        return derived_password(admin_url, role)
+
+    if settings.database_admin_url and settings.database_url:
+        writer = urlsplit(settings.database_url)
+        if not writer.username or not writer.password:
+            raise ServiceUnavailable("with DATABASE_ADMIN_URL set, DATABASE_URL must name the writer role and its password")
+        writer_role, writer_password = unquote(writer.username), unquote(writer.password)
+        writer_url = settings.database_url
+    else:
+        writer_role = settings.writer_role
+        writer_password = password(writer_role, settings.writer_password)
+        writer_url = with_role(admin_url, writer_role, writer_password)
+    reader_password = password(settings.reader_role, settings.reader_password)
+    prepare_database(
+        admin_url, writer_role=writer_role, writer_password=writer_password,
+        reader_role=settings.reader_role, reader_password=reader_password,
+    )
+    return Database(admin_url, writer_url, with_role(admin_url, settings.reader_role, reader_password))
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[str]:
+def database_roles(settings: Settings) -> Iterator[Database]:
+    """The ledger's database, prepared: configured, or the embedded server (started if needed)."""
     if settings.database_url:
-        yield settings.database_url
+        admin_url = settings.database_admin_url or settings.database_url
+        secrets_dir = None
+        if not urlsplit(admin_url).password:  # nothing to derive from: generate and keep
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            secrets_dir = settings.data_dir
+        yield _roles(settings, admin_url, secrets_dir)
         return
     data_dir = settings.data_dir.absolute() / "postgres"
     url = _running_postgres_url(data_dir)
     if url is not None:
-        yield url
+        yield _roles(settings, url, data_dir)
         return
-    with EmbeddedPostgres(data_dir) as server:
-        yield server.url
+    # supervised: a postmaster that dies is reaped and restarted on the same port
+    with EmbeddedPostgres(data_dir, supervise=True) as server:
+        yield _roles(settings, server.url, data_dir)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The URL the ledger's processes connect with: the writer role's, the schema prepared."""
+    with database_roles(settings) as prepared:
+        yield prepared.writer_url
 
 
 def _announced_broker(settings: Settings) -> str | None:

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    database_admin_url: str | None = Field(default=None, alias="DATABASE_ADMIN_URL")
+    writer_role: str = Field(default="pooling_ledger", pattern=r"^[a-z_][a-z0-9_]*$", alias="POOLING_WRITER_ROLE")
+    writer_password: str | None = Field(default=None, alias="POOLING_WRITER_PASSWORD")
     kafka_bootstrap_servers: str | None = Field(default=None, alias="KAFKA_BOOTSTRAP_SERVERS")
     data_dir: Path = Field(default=Path("var"), alias="POOLING_DATA_DIR")
     events_topic: str = Field(default=EVENTS_TOPIC, alias="POOLING_EVENTS_TOPIC")
@@ -33,7 +36,7 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, alias="POOLING_API_TOKEN")
     api_host: str = Field(default="127.0.0.1", alias="POOLING_API_HOST")
     api_port: int = Field(default=8000, ge=0, le=65535, alias="POOLING_API_PORT")
-    reader_role: str = Field(default="pooling_reader", alias="POOLING_READER_ROLE")
+    reader_role: str = Field(default="pooling_reader", pattern=r"^[a-z_][a-z0-9_]*$", alias="POOLING_READER_ROLE")
     reader_password: str | None = Field(default=None, alias="POOLING_READER_PASSWORD")
     log_format: Literal["console", "json"] = Field(default="console", alias="POOLING_LOG_FORMAT")
     log_level: str = Field(default="info", alias="POOLING_LOG_LEVEL")

@@ -2,35 +2,109 @@
 
 Every `/v1` path needs `Authorization: Bearer <POOLING_API_TOKEN>`; the process reads
 through the read-only role. `?format=csv` returns the table of an endpoint as CSV.
+
+Every response carries `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
+`X-Frame-Options: DENY` and a Content-Security-Policy: HTML pages (dashboard, Swagger UI at
+`/docs`, ReDoc at `/redoc`) may run only their own inline script (by hash) and this origin's
+packaged assets under `/static`; everything else may load nothing. Bad path or query values
+answer 422 with a message (NUL and control characters, over-long text, years and instants
+out of range), never 500.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import hmac
 import io
+import re
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections import queries
 from projections.queries import NotFound
 
 POOL_SIZE_MAX = 8
 POOL_TIMEOUT_S = 10.0
+#: Longest path value (city, account, event id) the API looks up; longer ones cannot exist.
+PATH_VALUE_LENGTH_MAX = 200
+#: No NUL or other control character in a path value (PostgreSQL text cannot even hold NUL).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+#: Years (fiscal years, and those of `as_of`, `from`, `to`) the API answers for.
+YEAR_MIN = 1900
+YEAR_MAX = 2200
+STATIC_PATH = "/static"
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+#: Responses other than the HTML pages load nothing at all.
+CSP_NONE = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+#: The HTML pages: their own inline script (by hash), packaged scripts and styles, inline
+#: styles (the dashboard's, Swagger UI's and ReDoc's), data: images, calls to this origin,
+#: ReDoc's search worker (a blob:).
+CSP_PAGE = (
+    "default-src 'none'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 Format = Annotated[Literal["json", "csv"], Query(description="`csv` returns the endpoint's table as CSV.")]
 AsOf = Annotated[
     datetime | None,
     Query(description="Business time, RFC 3339 with offset (e.g. 2025-12-20T00:00:00+08:00); default now."),
 ]
+Year = Annotated[int, Query(ge=YEAR_MIN, le=YEAR_MAX, description="Fiscal year.")]
+YearPath = Annotated[int, Path(ge=YEAR_MIN, le=YEAR_MAX, description="Fiscal year.")]
+Text = Annotated[str, Path(max_length=PATH_VALUE_LENGTH_MAX, pattern=PRINTABLE)]
+
+
+def csp_for(html: str) -> str:
+    """The page CSP allowing exactly the inline scripts of `html`."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    return CSP_PAGE.format(hashes=hashes)
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response (`pages`: path -> its CSP; others CSP_NONE)."""
+
+    def __init__(self, app: ASGIApp, pages: dict[str, str]) -> None:
+        self.app, self.pages = app, pages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = self.pages.get(scope["path"], CSP_NONE)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+                names = {k.lower() for k, _ in headers}
+                for name, value in (*SECURITY_HEADERS.items(), ("content-security-policy", csp)):
+                    if name.encode() not in names:
+                        headers.append((name.encode(), value.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def connection(request: Request) -> Iterator[psycopg.Connection[Any]]:
@@ -43,6 +117,7 @@ def connection(request: Request) -> Iterator[psycopg.Connection[Any]]:
 Conn = Annotated[psycopg.Connection[Any], Depends(connection)]
 From = Annotated[date | None, Query(alias="from", description="First business day (YYYY-MM-DD).")]
 To = Annotated[date | None, Query(alias="to", description="Last business day (YYYY-MM-DD).")]
+Scheme = Literal["employee", "resident"]
 
 
 def create_app(reader_url: str, api_token: str) -> FastAPI:
@@ -62,7 +137,24 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         description="Balances, budgets, risk and audit views of the provincial pooling ledger. "
         "Money is integer fen. Every /v1 path needs a bearer token.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    pages = {  # served as made here, so that the CSP's script hashes match
+        "/dashboard": (resources.files("projections") / "static" / "dashboard.html").read_text("utf-8"),
+        "/docs": get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js", swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{STATIC_PATH}/favicon.png", swagger_ui_parameters={"validatorUrl": None},
+        ).body.decode(),
+        "/redoc": get_redoc_html(
+            openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{STATIC_PATH}/redoc.standalone.js", redoc_favicon_url=f"{STATIC_PATH}/favicon.png",
+            with_google_fonts=False,
+        ).body.decode(),
+    }
+    app.add_middleware(SecurityHeaders, pages={path: csp_for(html) for path, html in pages.items()})
+    app.mount(STATIC_PATH, StaticFiles(packages=[("projections", "static")]), name="static")
 
     def authorised(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -77,6 +169,11 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     async def not_found(_: Request, error: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=404)
 
+    @app.exception_handler(psycopg.errors.DataError)
+    async def bad_value(_: Request, error: psycopg.errors.DataError) -> JSONResponse:
+        """A value PostgreSQL cannot take (validation above should have caught it first)."""
+        return JSONResponse({"detail": "a path or query value is malformed or out of range"}, status_code=422)
+
     @app.get("/health", tags=["operations"])
     def health(conn: Conn) -> dict[str, Any]:
         """Liveness and the projection lag (notifications the read tables have not applied yet)."""
@@ -84,7 +181,15 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
-        return (resources.files("projections") / "static" / "dashboard.html").read_text("utf-8")
+        return pages["/dashboard"]
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def swagger_ui() -> str:
+        return pages["/docs"]
+
+    @app.get("/redoc", response_class=HTMLResponse, include_in_schema=False)
+    def redoc() -> str:
+        return pages["/redoc"]
 
     @app.get("/v1/cities", dependencies=v1, tags=["balances"])
     def list_cities(conn: Conn, format: Format = "json") -> Any:
@@ -93,7 +198,7 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
 
     @app.get("/v1/cities/{city}/balances", dependencies=v1, tags=["balances"])
     def city_balances(
-        city: str, conn: Conn, scheme: Literal["employee", "resident"] | None = None,
+        city: Text, conn: Conn, scheme: Scheme | None = None,
         as_of: AsOf = None, format: Format = "json",
     ) -> Any:
         """A city's pooling fund: balance at `as_of`, and the fiscal year's income and expenditure by category."""
@@ -104,26 +209,26 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
 
     @app.get("/v1/accounts/{account}/daily", dependencies=v1, tags=["balances"])
     def account_daily(
-        account: str, conn: Conn, start: From = None, end: To = None, format: Format = "json",
+        account: Text, conn: Conn, start: From = None, end: To = None, format: Format = "json",
     ) -> Any:
         """Closing balance of an account on each business day it moved (for charts)."""
-        body = queries.daily(conn, account, start, end)
+        body = queries.daily(conn, account, _day(start, "from"), _day(end, "to"))
         return _table(body, body["days"], format)
 
     @app.get("/v1/province/summary", dependencies=v1, tags=["province"])
-    def province_summary(conn: Conn, year: int | None = None, as_of: AsOf = None, format: Format = "json") -> Any:
+    def province_summary(conn: Conn, year: Year | None = None, as_of: AsOf = None, format: Format = "json") -> Any:
         """Per scheme: city balances, the adjustment fund against its 10 % ceiling, extractions and allocations."""
         body = queries.province_summary(conn, year, _aware(as_of))
         return _table(body, body["schemes"], format)
 
     @app.get("/v1/budgets", dependencies=v1, tags=["budgets"])
-    def all_budgets(conn: Conn, year: int, format: Format = "json") -> Any:
+    def all_budgets(conn: Conn, year: Year, format: Format = "json") -> Any:
         """Budget execution of every city and scheme in a year, and who has no approved budget."""
         body = queries.budgets(conn, year)
         return _table(body, [_flat_budget(r) for r in body["rows"]], format)
 
     @app.get("/v1/budgets/{city}/{scheme}/{year}", dependencies=v1, tags=["budgets"])
-    def one_budget(city: str, scheme: Literal["employee", "resident"], year: int, conn: Conn, format: Format = "json") -> Any:
+    def one_budget(city: Text, scheme: Scheme, year: YearPath, conn: Conn, format: Format = "json") -> Any:
         """Budget against actual and the execution percentage (claims paid / budgeted expenditure)."""
         body = queries.budget(conn, city, scheme, year)
         return _table(body, [_flat_budget(body)], format)
@@ -135,7 +240,7 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         return _table(body, body["rows"], format)
 
     @app.get("/v1/events/{event_id}", dependencies=v1, tags=["events"])
-    def event_status(event_id: str, conn: Conn) -> dict[str, Any]:
+    def event_status(event_id: Text, conn: Conn) -> dict[str, Any]:
         """The fate of an upstream event: accepted, rejected (with its reason) or unknown."""
         return queries.event_status(conn, event_id)
 
@@ -155,9 +260,20 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
 
 
 def _aware(as_of: datetime | None) -> datetime | None:
-    if as_of is not None and as_of.tzinfo is None:
+    if as_of is None:
+        return None
+    if as_of.tzinfo is None:
         raise HTTPException(422, "as_of needs an offset, e.g. 2025-12-20T00:00:00+08:00")
+    if not YEAR_MIN < as_of.year < YEAR_MAX:  # strictly: the offset may move it a day either way
+        raise HTTPException(422, f"as_of must fall in the years {YEAR_MIN + 1}-{YEAR_MAX - 1}")
+    as_of.astimezone(UTC)  # cannot overflow within those years
     return as_of
+
+
+def _day(day: date | None, name: str) -> date | None:
+    if day is not None and not YEAR_MIN <= day.year <= YEAR_MAX:
+        raise HTTPException(422, f"{name} must fall in the years {YEAR_MIN}-{YEAR_MAX}")
+    return day
 
 
 def _flat_budget(row: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,11 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     ddl = (resources.files("projections") / "schema.sql").read_text("utf-8")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA_LOCK,))
-        conn.execute(ddl)
+        owner = conn.execute(  # None: no tables yet; False: the admin role made them for this one
+            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass('pl_tracking')"
+        ).fetchone()
+        if owner is None or owner[0]:
+            conn.execute(ddl)
         conn.execute(
             "INSERT INTO pl_tracking VALUES (%s, 0) ON CONFLICT DO NOTHING", (PROJECTION_NAME,)
         )

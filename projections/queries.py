@@ -25,6 +25,9 @@ from ledger.aggregates import (
 )
 from ledger.clock import CHINA_STANDARD_TIME, business_date_of
 from projections.projector import lag
+
+#: The rejection reason of a message the ledger's own code failed on (counted by /health).
+UNPROCESSABLE = "unprocessable"
 from schemas.policy import ExtractionBase, Policy, Scheme
 
 Conn = psycopg.Connection[Any]
@@ -402,5 +405,15 @@ def rejections(conn: Conn) -> dict[str, Any]:
 
 
 def health(conn: Conn) -> dict[str, Any]:
+    """Liveness, the projection's lag and position, and how many messages were `unprocessable`
+    (the ledger's code failed on them: each wants an operator's look)."""
     position = conn.execute("SELECT notification_id FROM pl_tracking LIMIT 1").fetchone()
-    return {"status": "ok", "projection_lag": lag(conn), "projection_position": int(position[0]) if position else 0}
+    unprocessable = conn.execute(
+        "SELECT coalesce(sum(count), 0) FROM pl_rejections WHERE reason = %s", (UNPROCESSABLE,)
+    ).fetchone()
+    return {
+        "status": "ok",
+        "projection_lag": lag(conn),
+        "projection_position": int(position[0]) if position else 0,
+        "unprocessable": int(unprocessable[0]) if unprocessable else 0,
+    }

@@ -14,7 +14,6 @@ import uvicorn
 from consumers.store import open_ledger
 from projections.api import create_app
 from projections.projector import Projector, ensure_schema
-from projections.roles import ensure_reader_role, reader_url
 from schemas.policy import Policy
 
 log = structlog.get_logger("projections.service")
@@ -66,13 +65,16 @@ def serve(
     host: str,
     port: int,
     token: str,
-    reader_role: str,
-    reader_password: str | None,
+    reader_url: str,
     seed_policy: Policy | None = None,
     project: bool = True,
     on_ready: Callable[[str], Any] | None = None,
 ) -> None:
-    """Serves the API and dashboard until interrupted; projects in the background unless told not to."""
+    """Serves the API and dashboard until interrupted; projects in the background unless told not to.
+
+    `database_url` is the writer's, `reader_url` the read-only role's (both made by
+    `projections.roles.prepare_database`); the API reads through the latter.
+    """
     projector = ProjectorThread(database_url, seed_policy) if project else None
     if projector is not None:
         projector.projector.run_until_caught_up()  # the first page a user sees is current
@@ -81,9 +83,10 @@ def serve(
         open_ledger(database_url, seed_policy).close()
         with psycopg.connect(database_url) as conn:
             ensure_schema(conn)
-    ensure_reader_role(database_url, reader_role, reader_password)
-    app = create_app(reader_url(database_url, reader_role, reader_password), token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(reader_url, token)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, server_header=False
+    )
     server = uvicorn.Server(config)
     if on_ready is not None:
         base = f"http://{host}:{port}"

@@ -135,4 +135,5 @@ def test_second_server_on_live_data_dir_is_refused(pg_dir: Path) -> None:
 def test_fixed_port_is_used(pg_dir: Path) -> None:
     port = free_port()
     with EmbeddedPostgres(pg_dir, port=port, fast=True) as server:
-        assert server.url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        password = (pg_dir / "postgres.password").read_text().strip()
+        assert server.url == f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
