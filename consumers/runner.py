@@ -15,6 +15,7 @@ import structlog
 from consumers import relay_process
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
+from consumers.retry import DB_RETRY_MAX_S, DatabaseRetry, RetryStopped, refresh_connections
 
 log = structlog.get_logger("consumers.runner")
 
@@ -36,17 +37,25 @@ class ConsumeStats:
 class RelayThread(threading.Thread):
     """Publishes outcomes while the next batch is being decided (the two wait on different I/O)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, retry: DatabaseRetry | None = None) -> None:
         super().__init__(name="relay", daemon=True)
         self.relay = relay
+        self.retry = retry or DatabaseRetry()
         self.stopping = threading.Event()
         self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                if not self.relay.run_until_caught_up():
+                published = self.retry.call(
+                    self.relay.run_until_caught_up, what="relay",
+                    reconnect=lambda: refresh_connections(self.relay.ledger),
+                    should_stop=self.stopping.is_set,
+                )
+                if not published:
                     self.stopping.wait(RELAY_IDLE_WAIT_S)
+        except RetryStopped:
+            pass
         except Exception as error:  # noqa: BLE001 - surfaced by check(): a relay failure stops the consumer
             self.error = error
 
@@ -69,12 +78,18 @@ class RelayProcess:
     the relay's PostgreSQL lease, so a crash of either leaves nothing half-done.
     """
 
-    def __init__(self, database_url: str, bootstrap_servers: str, ledger_topic: str, rejections_topic: str) -> None:
+    def __init__(
+        self, database_url: str, bootstrap_servers: str, ledger_topic: str, rejections_topic: str,
+        db_retry_max_s: float = DB_RETRY_MAX_S,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.stopping = context.Event()
         self.process = context.Process(
             target=relay_process.main,
-            args=(os.getpid(), database_url, bootstrap_servers, ledger_topic, rejections_topic, self.stopping),
+            args=(
+                os.getpid(), database_url, bootstrap_servers, ledger_topic, rejections_topic,
+                self.stopping, db_retry_max_s,
+            ),
             name="relay",
             daemon=True,
         )
@@ -105,15 +120,20 @@ def consume(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     idle_exit_s: float | None = None,
+    retry: DatabaseRetry | None = None,
 ) -> ConsumeStats:
     """Runs until `should_stop()` or, with `idle_exit_s`, once nothing arrived for that long.
 
     `relay` publishes from a thread of this process (a `Relay`) or from its own process.
+    A batch that fails on a lost PostgreSQL connection is decided again once it is back
+    (for `retry.max_s` at most, then the error stops the loop).
     """
-    worker: RelayWorker = RelayThread(relay) if isinstance(relay, Relay) else relay
-    worker.start()
+    retry = retry or DatabaseRetry()
+    worker: RelayWorker = RelayThread(relay, retry) if isinstance(relay, Relay) else relay
+    with relay_process.group_signals_held():  # a group's SIGTERM is this process's to handle
+        worker.start()
     try:
-        stats = _ingest(ingestor, worker, should_stop, idle_exit_s)
+        stats = _ingest(ingestor, worker, should_stop, idle_exit_s, retry)
     finally:
         worker.stop()
     log.info("consume_stopped", batches=stats.batches, **dict(stats.outcomes))
@@ -125,12 +145,19 @@ def _ingest(
     relay_thread: RelayWorker,
     should_stop: Callable[[], bool],
     idle_exit_s: float | None,
+    retry: DatabaseRetry,
 ) -> ConsumeStats:
     stats = ConsumeStats()
     idle_since: float | None = None
     while not should_stop():
         relay_thread.check()
-        outcomes = ingestor.poll_once()
+        try:
+            outcomes = retry.call(
+                ingestor.poll_once, what="record_batch",
+                reconnect=lambda: refresh_connections(ingestor.ledger), should_stop=should_stop,
+            )
+        except RetryStopped:
+            break  # the unsaved batch is read again from the stored positions next time
         if outcomes:
             stats.batches += 1
             stats.outcomes.update(o.status for o in outcomes)

@@ -43,15 +43,31 @@ def _fail(message: str) -> None:
 
 
 def _stop_flag() -> list[bool]:
-    """A flag set by SIGTERM/SIGINT: the current batch finishes, then the loop stops."""
+    """A flag set by SIGTERM/SIGINT: the current batch finishes, then the loop stops.
+
+    A second signal interrupts at once (KeyboardInterrupt): the embedded servers are still
+    stopped on the way out, and the stored positions make the next run redo nothing.
+    """
     flag = [False]
 
     def handler(signum: int, frame: Any) -> None:
+        if flag[0]:
+            raise KeyboardInterrupt
         flag[0] = True
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return flag
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (systemd, `kill`) stops like Ctrl-C does: a KeyboardInterrupt unwinds the command.
+
+    Python's default SIGTERM ends the process on the spot, leaving the embedded PostgreSQL
+    it started running; uvicorn, which catches SIGTERM while serving, raises it again once
+    it shut down, and then it comes here.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @app.command()
@@ -79,6 +95,7 @@ def demo(
     from pooling_ledger.demo import run_demo
 
     settings = _settings()
+    _interrupt_on_sigterm()
     if "POOLING_LOG_LEVEL" not in os.environ:  # the report tells the story; keep warnings only
         configure_logging(settings.log_format, "warning")
     run_demo(
@@ -101,6 +118,7 @@ def consume(
     Kafka consumer group (named POOLING_CONSUMER_GROUP).
     """
     from consumers.ingest import Ingestor
+    from consumers.retry import DatabaseRetry
     from consumers.runner import RelayProcess
     from consumers.runner import consume as consume_loop
     from consumers.store import open_ledger
@@ -115,9 +133,15 @@ def consume(
             settings.batch_size_max, settings.poll_timeout_ms, group=settings.consumer_mode == "group",
         )
         # the relay runs in a process of its own: booking and publishing each get a core
-        relay = RelayProcess(url, bootstrap, settings.ledger_topic, settings.rejections_topic)
+        relay = RelayProcess(
+            url, bootstrap, settings.ledger_topic, settings.rejections_topic,
+            db_retry_max_s=settings.db_retry_max_s,
+        )
         try:
-            stats = consume_loop(ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit)
+            stats = consume_loop(
+                ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit,
+                retry=DatabaseRetry(max_s=settings.db_retry_max_s),
+            )
         finally:
             ingestor.close()
             ledger.close()
@@ -134,6 +158,7 @@ def project(
 
     Each page is applied with its position in one transaction: a restart double-counts nothing.
     """
+    from consumers.retry import DatabaseRetry
     from consumers.store import open_ledger
     from pooling_ledger.services import database
     from projections.projector import Projector
@@ -145,7 +170,10 @@ def project(
         ledger = open_ledger(url, _seed_policy(settings))
         projector = Projector(ledger, url)
         try:
-            applied = project_loop(projector, lambda: stop[0], idle_exit=until_caught_up)
+            applied = project_loop(
+                projector, lambda: stop[0], idle_exit=until_caught_up,
+                retry=DatabaseRetry(max_s=settings.db_retry_max_s),
+            )
             lag = projector.lag()
         finally:
             projector.close()
@@ -167,12 +195,14 @@ def serve(
     token POOLING_API_TOKEN; without one, a random token is made for this run and printed
     with the dashboard's link.
     """
+    from consumers.retry import DatabaseRetry
     from pooling_ledger.embedded import free_port
     from pooling_ledger.services import database_roles
     from projections.service import api_token
     from projections.service import serve as serve_api
 
     settings = _settings()
+    _interrupt_on_sigterm()
     token = api_token(settings.api_token)
     chosen_port = port if port is not None else settings.api_port
     with database_roles(settings) as db:
@@ -185,6 +215,7 @@ def serve(
             seed_policy=_seed_policy(settings),
             project=not no_project,
             on_ready=lambda base: typer.echo(_serving_message(base, token, settings.api_token is None)),
+            retry=DatabaseRetry(max_s=settings.db_retry_max_s),
         )
 
 

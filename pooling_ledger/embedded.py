@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 import structlog
 from psycopg import sql
+
+from pooling_ledger import processes
 
 log = structlog.get_logger()
 
@@ -58,6 +61,19 @@ KAFKA_REQUEST_TIMEOUT_MS = 5_000
 KAFKA_BOOTSTRAP_TIMEOUT_MS = 2_000
 TOPIC_CREATE_TIMEOUT_MS = 10_000
 LOG_TAIL_CHARS = 2_000
+#: How often the supervisor of a supervised server looks whether its postmaster still runs.
+SUPERVISE_INTERVAL_S = 0.5
+#: How long the backends of a postmaster that died get to exit on their own (they notice at
+#: once unless busy) before they are killed: while one runs, the old shared memory is in use.
+LEFTOVER_EXIT_WAIT_S = 5.0
+#: Restarts of a dead postmaster tried before the supervisor gives up, and the waits between.
+RESTART_ATTEMPTS_MAX = 10
+RESTART_WAIT_FIRST_S = 0.5
+RESTART_WAIT_MAX_S = 30.0
+#: Signals the kernel sends the embedded servers when the process that started them ends:
+#: PostgreSQL shuts down fast and cleanly; the memory-only broker has nothing to keep.
+POSTGRES_PARENT_DEATH_SIGNAL = signal.SIGINT
+KAFKA_PARENT_DEATH_SIGNAL = signal.SIGKILL
 
 _permissions_prepared = False
 
@@ -182,14 +198,20 @@ class EmbeddedPostgres:
         *,
         fast: bool = False,
         settings: Mapping[str, str] | None = None,
+        supervise: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self._fixed_port = port
         self.port: int | None = port
         self.fast = fast
         self.settings = dict(settings or {})
+        self.supervise = supervise
+        #: Times the supervisor brought a dead postmaster back.
+        self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def log_path(self) -> Path:
@@ -360,6 +382,12 @@ class EmbeddedPostgres:
             if self._launch_and_wait(last_attempt=attempt == attempts):
                 break
         log.info("embedded_postgres.started", port=self.port, data_dir=str(self.data_dir))
+        if self.supervise:
+            self._stopping.clear()
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="postgres-supervisor", daemon=True
+            )
+            self._supervisor.start()
         return self.url
 
     def _launch_and_wait(self, *, last_attempt: bool) -> bool:
@@ -389,6 +417,7 @@ class EmbeddedPostgres:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal stops us first; we stop the server
+            preexec_fn=processes.dies_with_parent(POSTGRES_PARENT_DEATH_SIGNAL),  # noqa: PLW1509
             **self._run_as(),
         )
         atexit.register(self.stop)
@@ -397,7 +426,7 @@ class EmbeddedPostgres:
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
-                self.stop()
+                self._halt()
                 tail = self.log_path.read_text(errors="replace")[log_offset:][-LOG_TAIL_CHARS:]
                 if not last_attempt and "already in use" in tail:
                     log.warning("embedded_postgres.port_taken_retrying", port=self.port)
@@ -411,7 +440,7 @@ class EmbeddedPostgres:
             except psycopg.OperationalError:
                 pass
             if time.monotonic() > deadline:
-                self.stop()
+                self._halt()
                 raise TimeoutError(
                     f"PostgreSQL for {self.data_dir} not accepting connections on port "
                     f"{self.port} after {STARTUP_TIMEOUT_S}s; log tail:\n{_log_tail(self.log_path)}"
@@ -420,6 +449,75 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), bounded wait, then SIGKILL. Safe to call repeatedly."""
+        self._stopping.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(STARTUP_TIMEOUT_S + LEFTOVER_EXIT_WAIT_S + KILL_WAIT_S)
+        self._halt()
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Brings back a postmaster that died on its own (a crash, the OOM killer, a SIGKILL)."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            proc = self._proc
+            if proc is None or proc.poll() is None:  # poll() reaps a dead postmaster: no zombie
+                continue
+            log.error(
+                "embedded_postgres.postmaster_died",
+                pid=proc.pid, returncode=proc.returncode, data_dir=str(self.data_dir),
+            )
+            self._halt()
+            self._restart()
+
+    def _restart(self) -> None:
+        """Restarts on the same port and data directory once the old server's processes are gone."""
+        for attempt in range(1, RESTART_ATTEMPTS_MAX + 1):
+            self._end_leftover_processes()
+            try:
+                self._clear_stale_pid_file()
+                self._launch_and_wait(last_attempt=True)
+            except (RuntimeError, TimeoutError, OSError) as error:
+                wait_s = min(RESTART_WAIT_FIRST_S * 2 ** (attempt - 1), RESTART_WAIT_MAX_S)
+                log.error(
+                    "embedded_postgres.restart_failed", attempt=attempt, wait_s=wait_s,
+                    data_dir=str(self.data_dir), error=str(error)[-LOG_TAIL_CHARS:],
+                )
+                if self._stopping.wait(wait_s):
+                    return
+                continue
+            self.restarts += 1
+            log.warning(
+                "embedded_postgres.restarted", port=self.port, attempt=attempt,
+                data_dir=str(self.data_dir),
+            )
+            return
+        log.error(
+            "embedded_postgres.restart_given_up", attempts=RESTART_ATTEMPTS_MAX,
+            data_dir=str(self.data_dir),
+        )
+
+    def _end_leftover_processes(self) -> None:
+        """Waits for the backends of a dead postmaster to exit, then kills those still running.
+
+        They hold the old shared memory (PostgreSQL refuses to start while it is in use) and
+        could still write to the data files. They are found by their working directory, the
+        data directory, so no other server's processes are touched.
+        """
+        leftovers = [pid for pid in processes.working_in(self.data_dir) if _looks_like_postgres(pid)]
+        remaining = processes.wait_gone(leftovers, LEFTOVER_EXIT_WAIT_S)
+        if not remaining:
+            return
+        log.warning("embedded_postgres.killing_leftover_backends", pids=remaining)
+        for pid in remaining:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        processes.wait_gone(remaining, KILL_WAIT_S)
+
+    def _halt(self) -> None:
+        """Stops the running postmaster, if any (the supervisor stays)."""
         atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None:
@@ -519,6 +617,7 @@ class EmbeddedKafka:
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal stops us first; we stop the server
+            preexec_fn=processes.dies_with_parent(KAFKA_PARENT_DEATH_SIGNAL),  # noqa: PLW1509
         )
         atexit.register(self.stop)
         bootstrap = f"{LOCALHOST}:{self.port}"

@@ -180,8 +180,14 @@ class Projector:
     def __init__(self, ledger: Ledger, database_url: str, page_size: int = PAGE_SIZE_MAX) -> None:
         self.ledger = ledger
         self.page_size = page_size
+        self.database_url = database_url
         self.conn = psycopg.connect(database_url)
         ensure_schema(self.conn)
+
+    def reconnect(self) -> None:
+        """A new connection in place of one a PostgreSQL restart broke."""
+        self.conn.close()
+        self.conn = psycopg.connect(self.database_url)
 
     def position(self) -> int:
         row = self.conn.execute(

@@ -11,6 +11,7 @@ import psycopg
 import structlog
 import uvicorn
 
+from consumers.retry import DatabaseRetry, RetryStopped, refresh_connections
 from consumers.store import open_ledger
 from projections.api import create_app
 from projections.projector import Projector, ensure_schema
@@ -21,11 +22,28 @@ log = structlog.get_logger("projections.service")
 PROJECT_IDLE_WAIT_S = 0.5
 
 
-def project_loop(projector: Projector, should_stop: Callable[[], bool], idle_exit: bool = False) -> int:
-    """Applies the notification log until stopped (or, with `idle_exit`, until caught up)."""
+def project_loop(
+    projector: Projector, should_stop: Callable[[], bool], idle_exit: bool = False,
+    retry: DatabaseRetry | None = None,
+) -> int:
+    """Applies the notification log until stopped (or, with `idle_exit`, until caught up).
+
+    A page that fails on a lost PostgreSQL connection is applied again once it is back.
+    """
+    retry = retry or DatabaseRetry()
+
+    def reconnect() -> None:
+        refresh_connections(projector.ledger)
+        projector.reconnect()
+
     total = 0
     while not should_stop():
-        applied = projector.run_once()
+        try:
+            applied = retry.call(
+                projector.run_once, what="project", reconnect=reconnect, should_stop=should_stop
+            )
+        except RetryStopped:
+            break
         total += applied
         if not applied:
             if idle_exit:
@@ -35,15 +53,18 @@ def project_loop(projector: Projector, should_stop: Callable[[], bool], idle_exi
 
 
 class ProjectorThread(threading.Thread):
-    def __init__(self, database_url: str, seed_policy: Policy | None) -> None:
+    def __init__(
+        self, database_url: str, seed_policy: Policy | None, retry: DatabaseRetry | None = None
+    ) -> None:
         super().__init__(name="projector", daemon=True)
         self.ledger = open_ledger(database_url, seed_policy)
         self.projector = Projector(self.ledger, database_url)
+        self.retry = retry
         self.stopping = threading.Event()
 
     def run(self) -> None:
         try:
-            project_loop(self.projector, self.stopping.is_set)
+            project_loop(self.projector, self.stopping.is_set, retry=self.retry)
         except Exception:
             log.exception("projector_failed")
 
@@ -69,13 +90,14 @@ def serve(
     seed_policy: Policy | None = None,
     project: bool = True,
     on_ready: Callable[[str], Any] | None = None,
+    retry: DatabaseRetry | None = None,
 ) -> None:
     """Serves the API and dashboard until interrupted; projects in the background unless told not to.
 
     `database_url` is the writer's, `reader_url` the read-only role's (both made by
     `projections.roles.prepare_database`); the API reads through the latter.
     """
-    projector = ProjectorThread(database_url, seed_policy) if project else None
+    projector = ProjectorThread(database_url, seed_policy, retry) if project else None
     if projector is not None:
         projector.projector.run_until_caught_up()  # the first page a user sees is current
         projector.start()
