@@ -10,6 +10,7 @@ order per partition and anything at or below a partition's last id is skipped.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -43,10 +44,60 @@ def partition_for(key: bytes, partition_count: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partition_count
 
 
+#: An outcome repeats its message's payload up to this many bytes of JSON or base64; above it,
+#: only an excerpt, the size and the sha256, so no outcome nears Kafka's 1 MiB message limit.
+OUTCOME_PAYLOAD_BYTES_MAX = 256 * 1024
+#: Bytes of a payload an outcome carries when the whole is above OUTCOME_PAYLOAD_BYTES_MAX.
+OUTCOME_EXCERPT_BYTES = 1024
+#: Characters of a rejection's detail in its outcome, and of the key taken from a payload.
+OUTCOME_DETAIL_CHARS_MAX = 4000
+OUTCOME_KEY_CHARS_MAX = 64
+
+
+def _outcome_key(payload: dict[str, Any] | None) -> bytes:
+    """The city (or province) the message names, when it names one as a short string."""
+    for name in ("city", "province"):
+        value = (payload or {}).get(name)
+        if isinstance(value, str) and 0 < len(value) <= OUTCOME_KEY_CHARS_MAX:
+            return value.encode("utf-8", "replace")
+    return b"unknown"
+
+
+def _outcome_payload(event: Any, payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The rejected message as the outcome repeats it: whole when small, else an excerpt."""
+    raw_base64 = getattr(event, "raw_base64", None)
+    size_bytes = getattr(event, "raw_size_bytes", None)
+    if payload is not None:
+        text = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
+        if len(text) <= OUTCOME_PAYLOAD_BYTES_MAX:
+            return {"payload": payload, "payload_encoding": "json"}
+        excerpt, size_bytes = text[:OUTCOME_EXCERPT_BYTES], len(text)
+    elif raw_base64 is None:  # a tombstone: the message had no value
+        return {"payload": None, "payload_encoding": "none", "payload_size_bytes": 0}
+    elif _kept_whole(raw_base64, size_bytes) and len(raw_base64) <= OUTCOME_PAYLOAD_BYTES_MAX:
+        return {"payload": raw_base64, "payload_encoding": "base64"}
+    else:  # the receipt kept only the first bytes of a message above the size limit, or it is long
+        excerpt = base64.b64decode(raw_base64[: (OUTCOME_EXCERPT_BYTES // 3 + 1) * 4])[:OUTCOME_EXCERPT_BYTES]
+    return {
+        "payload": base64.b64encode(excerpt).decode(),
+        "payload_encoding": "base64-excerpt",
+        "payload_size_bytes": size_bytes,
+    }
+
+
+def _kept_whole(raw_base64: str, size_bytes: int | None) -> bool:
+    """Whether a receipt kept all of a message's bytes (base64 of n bytes is 4 * ceil(n / 3) long)."""
+    return size_bytes is None or len(raw_base64) == 4 * -(-size_bytes // 3)
+
+
 def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str, Any]] | None:
-    """(kind, key, value) of the outcome message for a receipt event, or None."""
+    """(kind, key, value) of the outcome message for a receipt event, or None.
+
+    Every value is bounded whatever the message was: a rejection repeats at most
+    OUTCOME_PAYLOAD_BYTES_MAX of its payload, its detail at most OUTCOME_DETAIL_CHARS_MAX.
+    """
     payload = event.payload if isinstance(event.payload, dict) else None
-    key = (payload or {}).get("city") or (payload or {}).get("province") or "unknown"
+    key = _outcome_key(payload)
     common = {
         "event_id": event.event_id,
         "type": event.event_type,
@@ -54,21 +105,20 @@ def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str,
         "ledger_notification_id": notification_id,
     }
     if isinstance(event, Receipt.Accepted):
-        return "ledger", key.encode(), {
+        return "ledger", key, {
             **common,
             "transfer": event.transfer,
             "balances_fen": event.balances,
             "recorded_at": event.timestamp.isoformat(),
         }
     if isinstance(event, (Receipt.Rejected, Receipt.ConflictingDeliveryRejected)):
-        raw = getattr(event, "raw_base64", None)
-        return "rejections", key.encode(), {
+        return "rejections", key, {
             **common,
             "reason": event.reason,
             "rule": event.rule,
-            "detail": event.detail,
-            "payload": payload if payload is not None else raw,
-            "payload_encoding": "json" if payload is not None else "base64",
+            "detail": event.detail[:OUTCOME_DETAIL_CHARS_MAX],
+            **_outcome_payload(event, payload),
+            "payload_sha256": event.payload_sha256,
             "recorded_at": event.timestamp.isoformat(),
         }
     return None

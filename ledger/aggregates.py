@@ -18,7 +18,7 @@ from ledger import accounts
 from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
-from schemas.policy import Policy
+from schemas.policy import MAX_FEN, Policy
 
 # Categories under which funds total their bookings (made in `ledger.movements`).
 OPENING_CATEGORY = "opening"
@@ -73,6 +73,7 @@ class Fund(Aggregate):
     def book(self, booking: dict[str, Any]) -> None:
         """Books this fund's leg of a transfer (`booking` as made by `ledger.movements`)."""
         self.check_stays_non_negative(self.delta_fen(booking))
+        self.check_stays_within_bound(booking)
         self.trigger_event(self.TransferBooked, **booking)
 
     def record_opening(
@@ -127,6 +128,29 @@ class Fund(Aggregate):
                 f"{-delta_fen} fen would take it to {self.balance_fen + delta_fen}",
                 {"balance_fen": self.balance_fen, "requested_fen": -delta_fen},
             )
+
+    def check_stays_within_bound(self, booking: dict[str, Any]) -> None:
+        """M1: a fund's balance, and each yearly total it keeps, stay at most MAX_FEN.
+
+        Every amount is at most MAX_FEN on the wire; this keeps their sums there too, so no
+        figure of the ledger or its read tables can approach a 64-bit integer's limit.
+        """
+        delta_fen = self.delta_fen(booking)
+        total_fen = self.total_fen(booking["fiscal_year"], booking["category"])
+        if self.balance_fen + delta_fen > MAX_FEN:
+            figure = f"its balance to {self.balance_fen + delta_fen} fen"
+        elif not booking.get("reversal_of") and total_fen + booking["amount_fen"] > MAX_FEN:
+            figure = (f"its {booking['category']} total of {booking['fiscal_year']} to "
+                      f"{total_fen + booking['amount_fen']} fen")
+        else:
+            return
+        raise Rejected(
+            Reason.amount_out_of_range,
+            "M1",
+            f"{booking['amount_fen']} fen would take {self.account} {figure}, above the ledger's "
+            f"bound of {MAX_FEN} fen",
+            {"balance_fen": self.balance_fen, "bound_fen": MAX_FEN},
+        )
 
     def check_opening_comes_first(self) -> None:
         """P3: the opening balance is recorded once, before any other movement of the fund."""
@@ -453,6 +477,9 @@ class Receipt(Aggregate):
         reason: str
         rule: str
         detail: str
+        #: Bytes of a message kept by `raw_base64` (an excerpt if above the size limit); 0 for a
+        #: tombstone. Absent from receipts recorded before it was added.
+        raw_size_bytes: int | None = None
 
     def __init__(
         self,

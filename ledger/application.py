@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from uuid import UUID, uuid5
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, AggregateEvent
-from eventsourcing.persistence import IntegrityError, Notification
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError
 
 from ledger import accounts, movements
 from ledger.aggregates import (
@@ -50,10 +49,12 @@ from schemas.events import (
     InterestCredited,
     InvalidJson,
     InvalidSchema,
+    MessageTooLarge,
     OpeningBalanceRecorded,
     PolicyAdopted,
     SubsidyDisbursed,
     UpstreamEvent,
+    json_object_or_none,
     parse_event,
 )
 from schemas.policy import ExtractionBase, Policy, Scheme
@@ -67,6 +68,13 @@ SAVE_ATTEMPTS_MAX = 20
 RETRY_BACKOFF_S = 0.02
 #: Fund snapshots keep aggregate reconstruction bounded however long the history.
 FUND_SNAPSHOT_INTERVAL = 1000
+#: Messages above this many bytes are refused unparsed (`message_too_large`); the default of
+#: POOLING_MESSAGE_SIZE_MAX. Kafka's own limit is 1 MiB, and outcomes must stay below it.
+MESSAGE_SIZE_MAX_BYTES = 256 * 1024
+#: Of a message refused as too large, its receipt keeps this many first bytes (and its sha256).
+RAW_EXCERPT_BYTES = 1024
+#: An unexpected error is described in at most this many characters.
+ERROR_TEXT_CHARS_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -79,21 +87,58 @@ class SourcePosition:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
+class ParseFailed(Exception):
+    """Parsing raised what it never should (a bug): the message is `unprocessable`."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+InputError = InvalidJson | InvalidSchema | MessageTooLarge | ParseFailed
+
+
 @dataclass(frozen=True)
 class Inbound:
-    """One upstream message: parsed, or with the reason it could not be."""
+    """One upstream message: parsed, or with the reason it could not be.
+
+    `raw` is the message's value (empty for a tombstone, a message without one); of a
+    message refused as too large, replay has only the first bytes, and `size_bytes` the size.
+    """
 
     raw: bytes
     position: SourcePosition | None = None
     event: UpstreamEvent | None = None
-    error: InvalidJson | InvalidSchema | None = None
+    error: InputError | None = None
+    tombstone: bool = False
+    size_bytes: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) if self.size_bytes is None else self.size_bytes
 
     @classmethod
-    def parse(cls, raw: bytes, position: SourcePosition | None = None) -> Inbound:
+    def parse(
+        cls,
+        raw: bytes | None,
+        position: SourcePosition | None = None,
+        size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES,
+        *,
+        size_bytes: int | None = None,
+    ) -> Inbound:
+        """Never raises: whatever `raw` holds, the result is an event or the reason why not."""
+        if raw is None:
+            detail = "the message has no value (a Kafka tombstone); expected one JSON object"
+            return cls(b"", position, error=InvalidJson(detail), tombstone=True)
+        size = len(raw) if size_bytes is None else size_bytes
+        if size > size_max_bytes:
+            return cls(raw, position, error=MessageTooLarge(size, size_max_bytes), size_bytes=size_bytes)
         try:
             return cls(raw, position, event=parse_event(raw))
         except (InvalidJson, InvalidSchema) as error:
             return cls(raw, position, error=error)
+        except Exception as error:  # noqa: BLE001 - parsing is total: a bug becomes a fate
+            return cls(raw, position, error=ParseFailed(f"parsing failed: {_error_text(error)}"))
 
 
 @dataclass(frozen=True)
@@ -210,14 +255,25 @@ class Ledger(Application[UUID]):
     # -- use cases ------------------------------------------------------------
 
     def record_batch(self, batch: Sequence[Inbound], **save_kwargs: Any) -> list[Outcome]:
-        """Decides every message of `batch` in order and saves all of it in one transaction."""
+        """Decides every message of `batch` in order and saves all of it in one transaction.
+
+        A message whose decision raises an unexpected error is `unprocessable`: the working
+        set, which that decision may have left half-changed, is dropped and the batch decided
+        again from the stored state with that message rejected, so the partition goes on and
+        nothing half-done is saved.
+        """
         receipt_ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
+        failed: dict[int, str] = {}  # index in the batch -> the error deciding it raised
         with self._serialised(_shared_aggregates(batch)):
-            for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
+            attempt = 0
+            while attempt < SAVE_ATTEMPTS_MAX:
                 work = _WorkingSet(self, self._stored_receipts(receipt_ids))
-                outcomes = [
-                    self._record_one(i, rid, work) for i, rid in zip(batch, receipt_ids, strict=True)
-                ]
+                try:
+                    outcomes = self._record_all(batch, receipt_ids, failed, work)
+                except _DecisionFailed as failure:
+                    failed[failure.index] = failure.text
+                    continue  # at most once per message of the batch
+                attempt += 1
                 try:
                     self.save(*work.aggregates.values(), **save_kwargs)
                 except IntegrityError:
@@ -228,6 +284,46 @@ class Ledger(Application[UUID]):
                     continue
                 return outcomes
         raise RuntimeError(f"batch still conflicting after {SAVE_ATTEMPTS_MAX} attempts")
+
+    def _record_all(
+        self, batch: Sequence[Inbound], receipt_ids: list[UUID], failed: dict[int, str], work: _WorkingSet
+    ) -> list[Outcome]:
+        outcomes = []
+        for index, (inbound, rid) in enumerate(zip(batch, receipt_ids, strict=True)):
+            if index in failed:
+                outcomes.append(self._unprocessable(inbound, failed[index], work))
+                continue
+            try:
+                outcomes.append(self._record_one(inbound, rid, work))
+            except (PersistenceError, MemoryError):
+                raise  # the database or the machine, not this message: the caller retries
+            except Exception as error:  # one message's bug must not stop its partition
+                raise _DecisionFailed(index, _error_text(error)) from error
+        return outcomes
+
+    def _unprocessable(self, inbound: Inbound, text: str, work: _WorkingSet) -> Outcome:
+        """Rejects a message whose decision failed, under a receipt of its own delivery.
+
+        The event's own receipt stays free: once the bug is fixed, the same message published
+        again is decided like any other (README, "Unprocessable messages").
+        """
+        fields = _safe_receipt_fields(inbound)
+        rejection = Rejected(Reason.unprocessable, "I2", f"deciding the message failed: {text}")
+        log.error(
+            "event_unprocessable",
+            event_id=fields["event_id"],
+            event_type=fields["event_type"],
+            reason=rejection.reason.value,
+            detail=rejection.detail,
+            source=fields["source"],
+        )
+        rid = _unprocessable_receipt_id(inbound, fields["payload_sha256"])
+        if work.get(rid) is not None:  # this very delivery was rejected so before
+            return Outcome("duplicate", fields["event_id"], fields["event_type"], position=inbound.position)
+        work.add(Receipt.reject(rid, reason=rejection.reason.value, rule=rejection.rule,
+                                detail=rejection.detail, **_kept_raw(inbound, fields), **fields))
+        return Outcome("rejected", fields["event_id"], fields["event_type"], reason=rejection.reason.value,
+                       detail=rejection.detail, position=inbound.position)
 
     def _serialised(self, keys: set[str]) -> AbstractContextManager[object]:
         """Writers of shared aggregates (the adjustment funds, the policy book) take turns.
@@ -266,8 +362,8 @@ class Ledger(Application[UUID]):
             return self._redelivered(prior, fields, inbound)
         if inbound.event is None:
             assert inbound.error is not None
-            reason = Reason.invalid_json if isinstance(inbound.error, InvalidJson) else Reason.invalid_schema
-            return self._reject(rid, fields, Rejected(reason, "I2", inbound.error.detail), work, inbound)
+            rejection = Rejected(_INPUT_REASONS[type(inbound.error)], "I2", inbound.error.detail)
+            return self._reject(rid, fields, rejection, work, inbound)
         try:
             transfer, balances = self._decide(inbound.event, work)
         except Rejected as rejection:
@@ -305,7 +401,7 @@ class Ledger(Application[UUID]):
                 reason=rejection.reason.value,
                 rule=rejection.rule,
                 detail=rejection.detail,
-                raw_base64=None if fields["payload"] is not None else base64.b64encode(inbound.raw).decode(),
+                **_kept_raw(inbound, fields),
                 **fields,
             )
         )
@@ -602,6 +698,7 @@ class Ledger(Application[UUID]):
         for fund in funds:
             fund.check_period_open(transfer.fiscal_year)
             fund.check_stays_non_negative(fund.delta_fen(booking))
+            fund.check_stays_within_bound(booking)
         for fund in funds:
             fund.book(booking)
         return transfer
@@ -642,6 +739,62 @@ class Ledger(Application[UUID]):
             start = page[-1].id + 1
 
 
+_INPUT_REASONS: dict[type[Exception], Reason] = {
+    InvalidJson: Reason.invalid_json,
+    InvalidSchema: Reason.invalid_schema,
+    MessageTooLarge: Reason.message_too_large,
+    ParseFailed: Reason.unprocessable,
+}
+
+
+class _DecisionFailed(Exception):
+    """Deciding the message at `index` of a batch raised an unexpected error."""
+
+    def __init__(self, index: int, text: str) -> None:
+        super().__init__(text)
+        self.index = index
+        self.text = text
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= ERROR_TEXT_CHARS_MAX else text[: ERROR_TEXT_CHARS_MAX - 3] + "..."
+
+
+def _kept_raw(inbound: Inbound, fields: dict[str, Any]) -> dict[str, Any]:
+    """What a rejection keeps of a message it has no JSON object of: its bytes, or their start.
+
+    `raw_base64` is None for a tombstone; of a message above the size limit it holds only the
+    first RAW_EXCERPT_BYTES, and `raw_size_bytes` tells the size, so replay decides it again.
+    """
+    if fields["payload"] is not None:
+        return {"raw_base64": None, "raw_size_bytes": None}
+    if inbound.tombstone:
+        return {"raw_base64": None, "raw_size_bytes": 0}
+    kept = inbound.raw[:RAW_EXCERPT_BYTES] if isinstance(inbound.error, MessageTooLarge) else inbound.raw
+    return {"raw_base64": base64.b64encode(kept).decode(), "raw_size_bytes": inbound.size}
+
+
+def _unprocessable_receipt_id(inbound: Inbound, payload_sha256: str) -> UUID:
+    p = inbound.position
+    where = f"{p.topic}/{p.partition}/{p.offset}" if p is not None else "-"
+    return uuid5(accounts.LEDGER_NAMESPACE, f"unprocessable:{where}:{payload_sha256}")
+
+
+def _safe_receipt_fields(inbound: Inbound) -> dict[str, Any]:
+    """The receipt fields of a message whose decision failed, even if computing them fails."""
+    try:
+        return _receipt_fields(inbound)
+    except Exception:  # noqa: BLE001 - the message is recorded by its bytes alone
+        return {
+            "event_id": None,
+            "event_type": None,
+            "payload_sha256": hashlib.sha256(inbound.raw).hexdigest(),
+            "payload": None,
+            "source": inbound.position.as_dict() if inbound.position else None,
+        }
+
+
 def _event_id_of(inbound: Inbound) -> str | None:
     if inbound.event is not None:
         return str(inbound.event.event_id)
@@ -670,7 +823,8 @@ def _receipt_fields(inbound: Inbound) -> dict[str, Any]:
         digest = hashlib.sha256(inbound.event.model_dump_json().encode()).hexdigest()
         event_type: str | None = inbound.event.type
     else:
-        payload = _json_object_or_none(inbound.raw)
+        too_large = isinstance(inbound.error, MessageTooLarge)
+        payload = None if too_large or inbound.tombstone else json_object_or_none(inbound.raw)
         digest = hashlib.sha256(inbound.raw).hexdigest()
         event_type = getattr(inbound.error, "event_type", None)
     return {
@@ -680,12 +834,4 @@ def _receipt_fields(inbound: Inbound) -> dict[str, Any]:
         "payload": payload,
         "source": inbound.position.as_dict() if inbound.position else None,
     }
-
-
-def _json_object_or_none(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 

@@ -27,6 +27,13 @@ class Reason(StrEnum):
     policy_violation = "policy_violation"
     allocation_exceeds_share = "allocation_exceeds_share"
     opening_balance_exists = "opening_balance_exists"
+    #: A booking would take a fund's balance, or a year's total of one category, above MAX_FEN.
+    amount_out_of_range = "amount_out_of_range"
+    #: Above POOLING_MESSAGE_SIZE_MAX bytes: refused unparsed, only an excerpt and the sha256 kept.
+    message_too_large = "message_too_large"
+    #: Deciding the message raised an unexpected error (a bug): nothing of it is booked, and the
+    #: fate is not final, so the same message published again is decided again.
+    unprocessable = "unprocessable"
 
 
 class Rejected(Exception):

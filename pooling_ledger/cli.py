@@ -131,6 +131,7 @@ def consume(
         ingestor = Ingestor(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
             settings.batch_size_max, settings.poll_timeout_ms, group=settings.consumer_mode == "group",
+            message_size_max_bytes=settings.message_size_max,
         )
         # the relay runs in a process of its own: booking and publishing each get a core
         relay = RelayProcess(
@@ -368,7 +369,7 @@ def replay(as_json: JsonFlag = False) -> None:
     with database(settings) as url:
         ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
         try:
-            result = run_replay(ledger)
+            result = run_replay(ledger, settings.message_size_max)
         finally:
             ledger.close()
     if as_json:

@@ -75,6 +75,7 @@ def run_demo(
         ingestor = Ingestor(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
             settings.batch_size_max, settings.poll_timeout_ms,
+            message_size_max_bytes=settings.message_size_max,
         )
         relay = Relay(ledger, bootstrap, settings.ledger_topic, settings.rejections_topic)
         started = time.monotonic()

@@ -5,6 +5,11 @@ order they were recorded through a fresh in-memory ledger, seeded with the same
 policy, must give the same fate for every event (accepted with the same transfer, or
 rejected with the same reason) and the same balance for every fund: the auditor's
 proof that the numbers follow from the inputs and the rules, and nothing else.
+
+Every kind of input is decided again: an empty message from its empty bytes, a tombstone
+as a message without a value, a message above the size limit from the size its receipt
+recorded (against `message_size_max_bytes`, POOLING_MESSAGE_SIZE_MAX). Only `unprocessable`
+fates are not: they record a failure of the ledger, not a decision, and are counted.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 from eventsourcing.utils import get_topic
 
 from ledger.aggregates import Fund, PolicyBook, Receipt
-from ledger.application import Inbound, Ledger, Outcome, SourcePosition
+from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
+from ledger.errors import Reason
 from schemas.policy import Policy
 
 REPLAY_BATCH_SIZE_MAX = 1000
@@ -31,6 +37,7 @@ class Replay:
     decisions: int = 0
     differences: list[str] = field(default_factory=list)
     funds_compared: int = 0
+    unprocessable: int = 0
 
     @property
     def ok(self) -> bool:
@@ -44,7 +51,7 @@ class Replay:
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "decisions": self.decisions, "funds_compared": self.funds_compared,
-                "differences": self.differences}
+                "unprocessable": self.unprocessable, "differences": self.differences}
 
 
 def seed_policy_of(ledger: Ledger) -> Policy | None:
@@ -54,12 +61,15 @@ def seed_policy_of(ledger: Ledger) -> Policy | None:
     return None
 
 
-def replay(recorded: Ledger) -> Replay:
+def replay(recorded: Ledger, message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES) -> Replay:
     result = Replay()
     fresh = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=seed_policy_of(recorded))
     batch: list[tuple[Inbound, Any]] = []
     for _, event in recorded.notifications(TOPICS):
-        batch.append((_inbound(event), event))
+        if getattr(event, "reason", None) == Reason.unprocessable.value:
+            result.unprocessable += 1  # nothing was booked; a re-submission has its own receipt
+            continue
+        batch.append((_inbound(event, message_size_max_bytes), event))
         if len(batch) >= REPLAY_BATCH_SIZE_MAX:
             _decide_and_compare(fresh, batch, result)
             batch = []
@@ -68,13 +78,25 @@ def replay(recorded: Ledger) -> Replay:
     return result
 
 
-def _inbound(event: Any) -> Inbound:
-    """The message as the ledger received it, rebuilt from what the receipt kept."""
+def _inbound(event: Any, message_size_max_bytes: int) -> Inbound:
+    """The message as the ledger received it, rebuilt from what the receipt kept.
+
+    A rejection without a JSON payload kept the bytes (`raw_base64`, maybe empty), only the
+    first ones of a message above the size limit (`raw_size_bytes` tells the size), or,
+    for a tombstone, nothing at all.
+    """
     raw_base64 = getattr(event, "raw_base64", None)
-    raw = base64.b64decode(raw_base64) if raw_base64 else json.dumps(event.payload).encode()
+    raw: bytes | None
+    if raw_base64 is not None:
+        raw = base64.b64decode(raw_base64)
+    elif event.payload is None and isinstance(event, Receipt.Rejected):
+        raw = None  # a tombstone
+    else:
+        raw = json.dumps(event.payload).encode()
     source = event.source
     position = SourcePosition(source["topic"], source["partition"], source["offset"]) if source else None
-    return Inbound.parse(raw, position)
+    size_bytes = getattr(event, "raw_size_bytes", None) if raw_base64 is not None else None
+    return Inbound.parse(raw, position, message_size_max_bytes, size_bytes=size_bytes)
 
 
 def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, Any]], result: Replay) -> None:

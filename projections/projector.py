@@ -146,8 +146,14 @@ class _Page:
                 [(a, d, n) for (a, d), n in sorted(self.daily.items())],
             )
             cur.executemany(
-                "INSERT INTO pl_events VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (event_id) DO NOTHING",
+                # The first fate of an event_id stands, except `unprocessable`, which is not final:
+                # the same message published again once the bug is fixed gets its real fate.
+                "INSERT INTO pl_events AS e VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status,"
+                " reason = EXCLUDED.reason, detail = EXCLUDED.detail, event_type = EXCLUDED.event_type,"
+                " source_service = EXCLUDED.source_service, kafka_topic = EXCLUDED.kafka_topic,"
+                " kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset,"
+                " notification_id = EXCLUDED.notification_id WHERE e.reason = 'unprocessable'",
                 self.events,
             )
             cur.executemany(

@@ -10,12 +10,14 @@ Validation is strict where the ledger's correctness depends on it:
 * unknown fields are rejected (`extra="forbid"`), so a typo cannot pass silently.
 
 `parse_event` turns raw bytes into a typed event, raising `InvalidJson` or
-`InvalidSchema` (both `ValueError`) with a human-readable `detail`.
+`InvalidSchema` (both `ValueError`) with a human-readable `detail`, and nothing
+else, whatever the bytes: JSON is read within limits (`schemas.bounded_json`),
+money is at most `MAX_FEN`, business time lies in 2000..2100, and a detail is
+at most `DETAIL_CHARS_MAX` characters.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
@@ -34,11 +36,13 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from schemas import bounded_json
 from schemas.policy import (
     AllocationReason,
     ClaimCategory,
     DivisionCode,
     HospitalLevel,
+    NonNegativeFen,
     PayerKind,
     Policy,
     PositiveFen,
@@ -61,6 +65,7 @@ __all__ = [
     "InterestCredited",
     "InvalidJson",
     "InvalidSchema",
+    "MessageTooLarge",
     "OpeningBalanceRecorded",
     "PolicyAdopted",
     "SubsidyDisbursed",
@@ -69,6 +74,18 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Business time (`occurred_at`) is refused outside these years: no fund of this ledger
+#: moved before 2000, and far-off dates with extreme offsets overflow date arithmetic.
+OCCURRED_YEAR_MIN = 2000
+OCCURRED_YEAR_MAX = 2100
+#: People behind one contribution or subsidy: more than any province has.
+HEADCOUNT_MAX = 10**9
+#: A rejection's detail names at most this many problems, each cut to ITEM characters.
+DETAIL_PROBLEMS_MAX = 10
+DETAIL_ITEM_CHARS_MAX = 300
+DETAIL_CHARS_MAX = 4000
+#: An event_id or type read from a rejected message is kept only up to this length.
+IDENTIFYING_CHARS_MAX = 100
 
 # --------------------------------------------------------------------------- types
 
@@ -83,10 +100,16 @@ def _rfc3339(value: Any) -> Any:
     # pydantic alone would also take Unix timestamps (numbers or numeric strings)
     # and a space separator; the contract says RFC 3339.
     if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and _RFC3339.match(value):
-        return value
-    raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2025-01-31T09:30:00+08:00")
+        year = value.year
+    elif isinstance(value, str) and _RFC3339.match(value):
+        year = int(value[:4])
+    else:
+        raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2025-01-31T09:30:00+08:00")
+    if not OCCURRED_YEAR_MIN <= year <= OCCURRED_YEAR_MAX:
+        raise ValueError(
+            f"must lie between {OCCURRED_YEAR_MIN}-01-01 and {OCCURRED_YEAR_MAX}-12-31, not in year {year}"
+        )
+    return value
 
 
 def _iso_date(value: Any) -> Any:
@@ -116,8 +139,7 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 EventId = Annotated[UUID, BeforeValidator(_uuid)]
 SchemaVersion = Annotated[Literal[1], BeforeValidator(_strict_int)]
-NonNegativeFen = Annotated[int, Field(strict=True, ge=0)]
-Headcount = Annotated[int, Field(strict=True, gt=0)]
+Headcount = Annotated[int, Field(strict=True, gt=0, le=HEADCOUNT_MAX)]
 FiscalYear = Annotated[int, Field(strict=True, ge=2000, le=2100)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
@@ -319,7 +341,7 @@ _ADAPTER: TypeAdapter[UpstreamEvent] = TypeAdapter(UpstreamEvent)
 
 
 class InvalidJson(ValueError):
-    """The message is not UTF-8 JSON."""
+    """The message is not UTF-8 JSON (or not JSON the ledger reads: see `schemas.bounded_json`)."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -338,13 +360,32 @@ class InvalidSchema(ValueError):
         self.event_type = event_type
 
 
+class MessageTooLarge(ValueError):
+    """The message is above the size limit; it is refused without being parsed."""
+
+    def __init__(self, size_bytes: int, size_max_bytes: int) -> None:
+        detail = (
+            f"the message is {size_bytes:,} bytes, above the limit of {size_max_bytes:,} bytes "
+            "(POOLING_MESSAGE_SIZE_MAX); it was not parsed, its receipt keeps its sha256 and its "
+            "first bytes"
+        )
+        super().__init__(detail)
+        self.detail = detail
+        self.size_bytes = size_bytes
+        self.size_max_bytes = size_max_bytes
+
+
+def _cut(text: str, chars_max: int) -> str:
+    return text if len(text) <= chars_max else text[: chars_max - 3] + "..."
+
+
 def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     loc = error["loc"]
     if kind == "union_tag_not_found":
         return "type: Field required"
     if kind == "union_tag_invalid":
-        tag = error.get("ctx", {}).get("tag")
+        tag = _cut(str(error.get("ctx", {}).get("tag")), IDENTIFYING_CHARS_MAX)
         allowed = ", ".join(EVENT_TYPES)
         return f"type: unknown event type {tag!r}; expected one of: {allowed}"
     if not loc and kind in ("dict_type", "model_type", "model_attributes_type"):
@@ -354,36 +395,56 @@ def _describe(error: ErrorDetails) -> str:
     msg = error["msg"]
     if kind == "value_error" and msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    path = ".".join(str(part) for part in loc)
-    return f"{path}: {msg}" if path else msg
+    path = ".".join(_cut(str(part), IDENTIFYING_CHARS_MAX) for part in loc)
+    return _cut(f"{path}: {msg}" if path else msg, DETAIL_ITEM_CHARS_MAX)
 
 
-def _schema_error(raw: bytes, exc: ValidationError) -> InvalidSchema:
-    detail = "; ".join(_describe(error) for error in exc.errors(include_url=False))
-    event_id = event_type = None
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict):
-        if isinstance(obj.get("event_id"), str):
-            event_id = obj["event_id"]
-        if isinstance(obj.get("type"), str):
-            event_type = obj["type"]
-    return InvalidSchema(detail, event_id=event_id, event_type=event_type)
+def _bounded_detail(problems: list[str]) -> str:
+    shown = problems[:DETAIL_PROBLEMS_MAX]
+    more = len(problems) - len(shown)
+    detail = "; ".join(shown) + (f"; and {more} more" if more else "")
+    return _cut(detail, DETAIL_CHARS_MAX)
+
+
+def _identifying(obj: Any, key: str) -> str | None:
+    """A rejected message's own event_id or type, when it is a short string."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(value, str) and len(value) <= IDENTIFYING_CHARS_MAX:
+        return value
+    return None
+
+
+def _schema_error(obj: Any, exc: ValidationError) -> InvalidSchema:
+    detail = _bounded_detail([_describe(error) for error in exc.errors(include_url=False)])
+    return InvalidSchema(
+        detail, event_id=_identifying(obj, "event_id"), event_type=_identifying(obj, "type")
+    )
 
 
 def parse_event(raw: bytes) -> UpstreamEvent:
     """Parse one message of `pooling.events.v1`.
 
-    Raises `InvalidJson` when `raw` is not UTF-8 JSON and `InvalidSchema` when it is
-    JSON but not a valid event (including a JSON value that is not an object).
+    Raises `InvalidJson` when `raw` is not UTF-8 JSON within the limits of
+    `schemas.bounded_json` (nesting, number length, duplicate keys, valid Unicode), and
+    `InvalidSchema` when it is JSON but not a valid event (including a JSON value that is
+    not an object, a string holding NUL, an amount above `MAX_FEN`).
     """
     try:
-        return _ADAPTER.validate_json(raw)
+        obj = bounded_json.loads(raw)
+    except bounded_json.JsonSyntaxError as error:
+        raise InvalidJson(f"invalid JSON: {_cut(error.detail, DETAIL_CHARS_MAX)}") from None
+    except bounded_json.JsonContentError as error:
+        raise InvalidSchema(_cut(error.detail, DETAIL_CHARS_MAX)) from None
+    try:
+        return _ADAPTER.validate_python(obj)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if errors and errors[0]["type"] == "json_invalid":
-            detail = errors[0].get("ctx", {}).get("error", errors[0]["msg"])
-            raise InvalidJson(f"invalid JSON: {detail}") from None
-        raise _schema_error(raw, exc) from None
+        raise _schema_error(obj, exc) from None
+
+
+def json_object_or_none(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object of `raw` when it is one the ledger can keep, else None."""
+    try:
+        value = bounded_json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 DivisionCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
 BasisPoints = Annotated[int, Field(strict=True, ge=0, le=10_000)]
-PositiveFen = Annotated[int, Field(strict=True, gt=0)]
+#: The largest amount of money anything may carry: 10**15 fen (10 trillion yuan) is far above any
+#: fund of a province and far below 2**63, so no sum of a few thousand of them overflows a bigint.
+MAX_FEN = 10**15
+PositiveFen = Annotated[int, Field(strict=True, gt=0, le=MAX_FEN)]
+NonNegativeFen = Annotated[int, Field(strict=True, ge=0, le=MAX_FEN)]
+#: Months a balance may be asked to cover (risk band): a century.
+RISK_MONTHS_MAX = 1200
 
 EXTRACTION_RATE_BP_MAX = 500  # AH §2: "no more than 5 %"
 
@@ -66,8 +72,8 @@ class RiskBand(BaseModel):
     """Months of expenditure the balance should cover (B4; not from the seeds)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    low_months: Annotated[int, Field(strict=True, ge=0)] = 6
-    high_months: Annotated[int, Field(strict=True, ge=0)] = 9
+    low_months: Annotated[int, Field(strict=True, ge=0, le=RISK_MONTHS_MAX)] = 6
+    high_months: Annotated[int, Field(strict=True, ge=0, le=RISK_MONTHS_MAX)] = 9
 
 
 class SubsidyStandard(BaseModel):
@@ -83,7 +89,7 @@ class SubsidyStandard(BaseModel):
     per_capita_fen: list[PositiveFen] = Field(min_length=1)
     scheme: Scheme = Scheme.resident
     #: How far an amount may stray from headcount x standard: the fen rounding of a split.
-    rounding_tolerance_fen: Annotated[int, Field(strict=True, ge=0)] = 1
+    rounding_tolerance_fen: NonNegativeFen = 1
     note: str = ""
 
 

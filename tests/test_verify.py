@@ -43,7 +43,7 @@ def test_verify_passes_on_an_untouched_history_and_its_fingerprint_is_stable(dat
     assert first["ok"] is True
     assert set(first["checks"]) == {  # type: ignore[arg-type]
         "trial_balance_zero", "funds_match_replay", "no_fund_negative",
-        "projection_matches_replay", "append_only_guard",
+        "projection_caught_up", "projection_matches_replay", "append_only_guard",
     }
     code, again = run_verify(database_url, "--expect", str(first["fingerprint"]))
     assert code == 0 and again["fingerprint"] == first["fingerprint"]
