@@ -264,12 +264,13 @@ class Ledger(Application[UUID]):
         """
         receipt_ids = [_receipt_id_of(i, _event_id_of(i)) for i in batch]
         failed: dict[int, str] = {}  # index in the batch -> the error deciding it raised
+        encode_each = False  # after a save that failed to encode: find the message behind it
         with self._serialised(_shared_aggregates(batch)):
             attempt = 0
             while attempt < SAVE_ATTEMPTS_MAX:
                 work = _WorkingSet(self, self._stored_receipts(receipt_ids))
                 try:
-                    outcomes = self._record_all(batch, receipt_ids, failed, work)
+                    outcomes = self._record_all(batch, receipt_ids, failed, work, encode_each)
                 except _DecisionFailed as failure:
                     failed[failure.index] = failure.text
                     continue  # at most once per message of the batch
@@ -282,24 +283,49 @@ class Ledger(Application[UUID]):
                     self._forget_cached_aggregates()
                     time.sleep(random.uniform(0, RETRY_BACKOFF_S * attempt))
                     continue
+                except PersistenceError:
+                    raise
+                except Exception as error:
+                    if encode_each:
+                        raise  # not the events of any one message: not for a rejection to hide
+                    log.error("batch_save_failed", error=_error_text(error), size=len(batch),
+                              action="deciding the batch again, encoding each message's events")
+                    encode_each = True
+                    continue
                 return outcomes
         raise RuntimeError(f"batch still conflicting after {SAVE_ATTEMPTS_MAX} attempts")
 
     def _record_all(
-        self, batch: Sequence[Inbound], receipt_ids: list[UUID], failed: dict[int, str], work: _WorkingSet
+        self,
+        batch: Sequence[Inbound],
+        receipt_ids: list[UUID],
+        failed: dict[int, str],
+        work: _WorkingSet,
+        encode_each: bool = False,
     ) -> list[Outcome]:
         outcomes = []
+        encoded: set[int] = set()  # ids of the pending events already encoded
         for index, (inbound, rid) in enumerate(zip(batch, receipt_ids, strict=True)):
             if index in failed:
                 outcomes.append(self._unprocessable(inbound, failed[index], work))
                 continue
             try:
                 outcomes.append(self._record_one(inbound, rid, work))
+                if encode_each:
+                    self._encode_pending(work, encoded)
             except (PersistenceError, MemoryError):
                 raise  # the database or the machine, not this message: the caller retries
             except Exception as error:  # one message's bug must not stop its partition
                 raise _DecisionFailed(index, _error_text(error)) from error
         return outcomes
+
+    def _encode_pending(self, work: _WorkingSet, encoded: set[int]) -> None:
+        """Encodes the events decided so far as saving would: raises what saving would raise."""
+        for aggregate in work.aggregates.values():
+            for event in aggregate.pending_events:
+                if id(event) not in encoded:
+                    self.mapper.to_stored_event(event)
+                    encoded.add(id(event))
 
     def _unprocessable(self, inbound: Inbound, text: str, work: _WorkingSet) -> Outcome:
         """Rejects a message whose decision failed, under a receipt of its own delivery.

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from consumers.relay import message_for
 from consumers.store import open_ledger, postgres_env
-from ledger.aggregates import Receipt
+from ledger.aggregates import Fund, Receipt
 from ledger.application import Inbound, Ledger, SourcePosition
 from pooling_ledger.replay import replay
 from pooling_ledger.verify import verify
@@ -378,3 +378,26 @@ def test_verify_fails_when_the_projection_cannot_catch_up(database_url: str) -> 
         for p in result.problems
     ), result.problems
     assert result.checks["projection_matches_replay"] is False
+
+
+def test_a_decision_whose_events_cannot_be_saved_is_unprocessable_and_the_rest_saved() -> None:
+    ledger = new_ledger()
+    correct = ledger._handlers["ContributionReceived"]
+
+    def contribution_with_a_set(event: Any, policy: Any, work: Any) -> Any:
+        transfer = correct(event, policy, work)
+        if event.amount_fen == 777:  # a bug: a value no JSON encoder can write
+            work.fund(FUND).trigger_event(Fund.BudgetSet, account=FUND, fiscal_year=2025,
+                                          income_fen={1, 2}, expenditure_fen=0, budget_event_id="x", kind="x")
+        return transfer
+
+    ledger._handlers["ContributionReceived"] = contribution_with_a_set
+    messages = [contribution(HEFEI, "resident", 1_000), contribution(HEFEI, "resident", 777),
+                contribution(HEFEI, "resident", 2_000)]
+    outcomes = ledger.record_batch([Inbound.parse(_text(m), SourcePosition("t", 0, i)) for i, m in enumerate(messages)])
+    assert statuses(outcomes) == [("accepted", None), ("rejected", "unprocessable"), ("accepted", None)]
+    assert outcomes[1].detail == (
+        "deciding the message failed: TranscodingNotRegisteredError: Object of type <class 'set'> is not "
+        "serializable. Please define and register a custom transcoding for this type."
+    )
+    assert balance(ledger, FUND) == 3_000
