@@ -236,6 +236,22 @@ def _serving_message(base: str, token: str, generated: bool) -> str:
     )
 
 
+@app.command("prepare-db")
+def prepare_db() -> None:
+    """Create the ledger's tables, its writer role and its read-only role, as the database's admin.
+
+    The admin is DATABASE_ADMIN_URL (then DATABASE_URL names the writer role and its password),
+    or DATABASE_URL, or the embedded server's superuser. Other commands do the same on start,
+    unless DATABASE_URL is the writer's own: then this command must have run before.
+    """
+    from pooling_ledger.services import database_roles
+    from projections.roles import without_password
+
+    settings = _settings()
+    with database_roles(settings) as db:
+        typer.echo(json.dumps({"writer": without_password(db.writer_url), "reader": without_password(db.reader_url)}))
+
+
 @app.command()
 def publish(
     file: Annotated[Path, typer.Argument(help="JSON Lines file: one upstream event per line.")],

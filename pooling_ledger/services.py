@@ -9,6 +9,8 @@ store's append-only triggers. The admin is
 - embedded: the superuser, whose password initdb stored in `{data_dir}/postgres.password`; the
   writer's and reader's passwords (unless configured) are generated beside it, mode 0600;
 - `DATABASE_ADMIN_URL` when set: then `DATABASE_URL` names the writer role and its password;
+- none, when `DATABASE_URL` names the writer role (`POOLING_WRITER_ROLE`) itself: the database was
+  prepared before (`pooling-ledger prepare-db` with `DATABASE_ADMIN_URL`; docker-compose.yml's init);
 - else `DATABASE_URL` itself: the writer is `POOLING_WRITER_ROLE` with `POOLING_WRITER_PASSWORD`,
   or a password derived from the admin's (`projections.roles.derived_password`), or when the
   admin URL has none, one generated into `{POOLING_DATA_DIR}`.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import psycopg
 import structlog
 
 from pooling_ledger.embedded import (
@@ -40,7 +43,7 @@ from pooling_ledger.embedded import (
     stored_password,
 )
 from pooling_ledger.settings import Settings
-from projections.roles import derived_password, prepare_database
+from projections.roles import EVENTS_TABLE, derived_password, prepare_database
 from projections.roles import role_url as with_role
 
 log = structlog.get_logger("services")
@@ -72,41 +75,65 @@ def _running_postgres_url(data_dir: Path) -> str | None:
     return role_url(POSTGRES_SUPERUSER, read_password(data_dir, POSTGRES_SUPERUSER), port)
 
 
+def _user(url: str) -> str:
+    return unquote(urlsplit(url).username or "")
+
+
 @dataclass(frozen=True)
 class Database:
-    """The URLs of one ledger database: its admin (schema owner), writer and reader roles."""
+    """The URLs of one ledger database: its admin (schema owner; None when not given), writer and
+    reader roles."""
 
-    admin_url: str
+    admin_url: str | None
     writer_url: str
     reader_url: str
 
 
-def _roles(settings: Settings, admin_url: str, secrets_dir: Path | None) -> Database:
-    """Prepares the schema and roles as the admin; the URLs the application then connects with."""
+def _roles(settings: Settings, admin_url: str | None, secrets_dir: Path | None) -> Database:
+    """Prepares the schema and roles as the admin; the URLs the application then connects with.
 
-    def password(role: str, configured: str | None) -> str:
+    `admin_url` None: `DATABASE_URL` is the writer's and the database was prepared before
+    (`pooling-ledger prepare-db`, as docker-compose.yml's init service does).
+    """
+
+    def password(role: str, configured: str | None, derive_from: str) -> str:
         if configured:
             return configured
         if secrets_dir is not None:
             return stored_password(secrets_dir, role)
-        return derived_password(admin_url, role)
+        return derived_password(derive_from, role)
 
-    if settings.database_admin_url and settings.database_url:
+    if settings.database_url and (admin_url is None or settings.database_admin_url):
         writer = urlsplit(settings.database_url)
         if not writer.username or not writer.password:
-            raise ServiceUnavailable("with DATABASE_ADMIN_URL set, DATABASE_URL must name the writer role and its password")
+            raise ServiceUnavailable("DATABASE_URL must name the ledger's writer role and its password")
         writer_role, writer_password = unquote(writer.username), unquote(writer.password)
         writer_url = settings.database_url
+        reader_password = password(settings.reader_role, settings.reader_password, writer_url)
     else:
+        assert admin_url is not None
         writer_role = settings.writer_role
-        writer_password = password(writer_role, settings.writer_password)
+        writer_password = password(writer_role, settings.writer_password, admin_url)
         writer_url = with_role(admin_url, writer_role, writer_password)
-    reader_password = password(settings.reader_role, settings.reader_password)
+        reader_password = password(settings.reader_role, settings.reader_password, admin_url)
+    reader_url = with_role(writer_url, settings.reader_role, reader_password)
+    if admin_url is None:
+        _check_prepared(writer_url)
+        return Database(None, writer_url, reader_url)
     prepare_database(
         admin_url, writer_role=writer_role, writer_password=writer_password,
         reader_role=settings.reader_role, reader_password=reader_password,
     )
-    return Database(admin_url, writer_url, with_role(admin_url, settings.reader_role, reader_password))
+    return Database(admin_url, writer_url, reader_url)
+
+
+def _check_prepared(writer_url: str) -> None:
+    with psycopg.connect(writer_url) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (EVENTS_TABLE,)).fetchone() == (None,):
+            raise ServiceUnavailable(
+                "the ledger's tables are missing: run `pooling-ledger prepare-db` with "
+                "DATABASE_ADMIN_URL set (or set it for this command)"
+            )
 
 
 @contextmanager
@@ -114,6 +141,9 @@ def database_roles(settings: Settings) -> Iterator[Database]:
     """The ledger's database, prepared: configured, or the embedded server (started if needed)."""
     if settings.database_url:
         admin_url = settings.database_admin_url or settings.database_url
+        if not settings.database_admin_url and _user(settings.database_url) == settings.writer_role:
+            yield _roles(settings, None, None)  # the writer itself: prepared by an admin before
+            return
         secrets_dir = None
         if not urlsplit(admin_url).password:  # nothing to derive from: generate and keep
             settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -142,16 +142,16 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     )
     pages = {  # served as made here, so that the CSP's script hashes match
         "/dashboard": (resources.files("projections") / "static" / "dashboard.html").read_text("utf-8"),
-        "/docs": get_swagger_ui_html(
+        "/docs": bytes(get_swagger_ui_html(
             openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js", swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
             swagger_favicon_url=f"{STATIC_PATH}/favicon.png", swagger_ui_parameters={"validatorUrl": None},
-        ).body.decode(),
-        "/redoc": get_redoc_html(
+        ).body).decode(),
+        "/redoc": bytes(get_redoc_html(
             openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
             redoc_js_url=f"{STATIC_PATH}/redoc.standalone.js", redoc_favicon_url=f"{STATIC_PATH}/favicon.png",
             with_google_fonts=False,
-        ).body.decode(),
+        ).body).decode(),
     }
     app.add_middleware(SecurityHeaders, pages={path: csp_for(html) for path, html in pages.items()})
     app.mount(STATIC_PATH, StaticFiles(packages=[("projections", "static")]), name="static")

@@ -18,9 +18,17 @@ from pooling_ledger.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-APP_SERVICES = ("consumer", "api")
+APP_SERVICES = ("init", "consumer", "api")
+#: The long-running services: they connect as the ledger's writer role only.
+WRITER_SERVICES = ("consumer", "api")
 #: Variables the compose file itself passes through that the Settings model does not define.
-EXTRA_ENV = {"POSTGRES_PASSWORD", "POOLING_API_TOKEN", "POOLING_READER_PASSWORD"}
+EXTRA_ENV = {"POSTGRES_PASSWORD", "POOLING_API_TOKEN", "POOLING_READER_PASSWORD", "POOLING_WRITER_PASSWORD"}
+#: The secrets the host must give: no default, or everyone would know it.
+REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "POOLING_WRITER_PASSWORD", "POOLING_READER_PASSWORD", "POOLING_API_TOKEN")
+HOST_ENV = {
+    "POSTGRES_PASSWORD": "super-s3cret", "POOLING_WRITER_PASSWORD": "writer-s3cret",
+    "POOLING_READER_PASSWORD": "reader-s3cret", "POOLING_API_TOKEN": "token",
+}
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
@@ -101,23 +109,45 @@ def test_postgres_service(services: dict[str, Any]) -> None:
     assert "/var/lib/postgresql" in targets
 
 
-@pytest.mark.parametrize("host_env", [{}, {"POSTGRES_PASSWORD": "s3cret"}])
-def test_app_services_point_at_compose_services(
-    services: dict[str, Any], host_env: dict[str, str]
-) -> None:
-    host_env = {"POOLING_API_TOKEN": "token", **host_env}
-    password = interpolate(environment(services["postgres"])["POSTGRES_PASSWORD"], host_env)
+def test_app_services_point_at_compose_services(services: dict[str, Any]) -> None:
     for name in APP_SERVICES:
         env = environment(services[name])
-        url = urlsplit(interpolate(env["DATABASE_URL"], host_env))
+        url = urlsplit(interpolate(env["DATABASE_URL"], HOST_ENV))
         assert url.scheme.startswith("postgresql")
         assert url.hostname == "postgres" and url.hostname in services
         assert url.port == 5432
-        assert url.password == password, f"{name}: DATABASE_URL password != postgres service's"
+        # every service's DATABASE_URL is the writer's: the ledger never writes as the superuser
+        assert (url.username, url.password) == ("pooling_ledger", "writer-s3cret"), name
 
     bootstrap = environment(services["consumer"])["KAFKA_BOOTSTRAP_SERVERS"]
     hosts = {part.rsplit(":", 1)[0] for part in bootstrap.split(",")}
     assert hosts == {"kafka"}
+
+
+def test_only_init_connects_as_the_superuser(services: dict[str, Any]) -> None:
+    init = services["init"]
+    assert command(init) == ["pooling-ledger", "prepare-db"]
+    admin = urlsplit(interpolate(environment(init)["DATABASE_ADMIN_URL"], HOST_ENV))
+    postgres_password = interpolate(environment(services["postgres"])["POSTGRES_PASSWORD"], HOST_ENV)
+    assert (admin.username, admin.password, admin.hostname) == ("postgres", postgres_password, "postgres")
+    assert interpolate(environment(init)["POOLING_READER_PASSWORD"], HOST_ENV) == "reader-s3cret"
+    assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in WRITER_SERVICES:
+        env = {k: interpolate(v, HOST_ENV) for k, v in environment(services[name]).items()}
+        assert "DATABASE_ADMIN_URL" not in env, name
+        assert not [k for k, v in env.items() if "super-s3cret" in v], name
+        assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert interpolate(environment(services["api"])["POOLING_READER_PASSWORD"], HOST_ENV) == "reader-s3cret"
+
+
+@pytest.mark.parametrize("missing", REQUIRED_SECRETS)
+def test_secrets_have_no_default(services: dict[str, Any], missing: str) -> None:
+    host_env = {k: v for k, v in HOST_ENV.items() if k != missing}
+    values = [v for service in services.values() for v in environment(service).values() if missing in v]
+    assert values, f"{missing} is not used"
+    for value in values:
+        with pytest.raises(LookupError, match=missing):
+            interpolate(value, host_env)
 
 
 def test_consumer_waits_for_healthy_dependencies(services: dict[str, Any]) -> None:
@@ -156,9 +186,8 @@ def test_app_env_names_are_known_settings(services: dict[str, Any]) -> None:
 
 
 def test_app_env_is_valid_settings(services: dict[str, Any]) -> None:
-    host_env = {"POSTGRES_PASSWORD": "pw", "POOLING_API_TOKEN": "token"}
     for name in APP_SERVICES:
-        env = {k: interpolate(v, host_env) for k, v in environment(services[name]).items()}
+        env = {k: interpolate(v, HOST_ENV) for k, v in environment(services[name]).items()}
         settings = Settings.model_validate({k: v for k, v in env.items() if k not in EXTRA_ENV})
         assert settings.database_url == env["DATABASE_URL"]
         assert settings.log_format == "json"
