@@ -345,7 +345,7 @@ def verify(
     from pooling_ledger.verify import verify as run_verify
 
     settings = _settings()
-    with database(settings) as url:
+    with database(settings, as_found=True) as url:
         ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
         try:
             result = run_verify(ledger, url, expect=expect, up_to=up_to)
@@ -382,7 +382,7 @@ def replay(as_json: JsonFlag = False) -> None:
 
     settings = _settings()
     configure_logging(settings.log_format, "error")  # the replayed rejections are not news
-    with database(settings) as url:
+    with database(settings, as_found=True) as url:
         ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
         try:
             result = run_replay(ledger, settings.message_size_max)
@@ -429,7 +429,7 @@ def export(
     target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     count = 0
     try:
-        with database(settings) as url:
+        with database(settings, as_found=True) as url:
             ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
             if what == "journal":
                 writer = csv.writer(target)

@@ -89,7 +89,7 @@ class Database:
     reader_url: str
 
 
-def _roles(settings: Settings, admin_url: str | None, secrets_dir: Path | None) -> Database:
+def _roles(settings: Settings, admin_url: str | None, secrets_dir: Path | None, *, prepare: bool) -> Database:
     """Prepares the schema and roles as the admin; the URLs the application then connects with.
 
     `admin_url` None: `DATABASE_URL` is the writer's and the database was prepared before
@@ -120,6 +120,8 @@ def _roles(settings: Settings, admin_url: str | None, secrets_dir: Path | None) 
     if admin_url is None:
         _check_prepared(writer_url)
         return Database(None, writer_url, reader_url)
+    if not prepare:
+        return Database(admin_url, writer_url, reader_url)
     prepare_database(
         admin_url, writer_role=writer_role, writer_password=writer_password,
         reader_role=settings.reader_role, reader_password=reader_password,
@@ -137,34 +139,40 @@ def _check_prepared(writer_url: str) -> None:
 
 
 @contextmanager
-def database_roles(settings: Settings) -> Iterator[Database]:
-    """The ledger's database, prepared: configured, or the embedded server (started if needed)."""
+def database_roles(settings: Settings, *, prepare: bool = True) -> Iterator[Database]:
+    """The ledger's database, prepared (unless told not to): configured, or the embedded server
+    (started if needed)."""
     if settings.database_url:
         admin_url = settings.database_admin_url or settings.database_url
         if not settings.database_admin_url and _user(settings.database_url) == settings.writer_role:
-            yield _roles(settings, None, None)  # the writer itself: prepared by an admin before
+            yield _roles(settings, None, None, prepare=prepare)  # the writer itself: prepared before
             return
         secrets_dir = None
         if not urlsplit(admin_url).password:  # nothing to derive from: generate and keep
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             secrets_dir = settings.data_dir
-        yield _roles(settings, admin_url, secrets_dir)
+        yield _roles(settings, admin_url, secrets_dir, prepare=prepare)
         return
     data_dir = settings.data_dir.absolute() / "postgres"
     url = _running_postgres_url(data_dir)
     if url is not None:
-        yield _roles(settings, url, data_dir)
+        yield _roles(settings, url, data_dir, prepare=prepare)
         return
     # supervised: a postmaster that dies is reaped and restarted on the same port
     with EmbeddedPostgres(data_dir, supervise=True) as server:
-        yield _roles(settings, server.url, data_dir)
+        yield _roles(settings, server.url, data_dir, prepare=prepare)
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The URL the ledger's processes connect with: the writer role's, the schema prepared."""
-    with database_roles(settings) as prepared:
-        yield prepared.writer_url
+def database(settings: Settings, *, as_found: bool = False) -> Iterator[str]:
+    """The URL the ledger's processes connect with: the writer role's, the schema prepared.
+
+    `as_found`: the admin's URL (the writer's when no admin is known), nothing created or
+    granted, for the auditors (`verify`, `replay`, `export`), which must not repair (e.g.
+    re-enable the append-only triggers of) the store they check.
+    """
+    with database_roles(settings, prepare=not as_found) as db:
+        yield (db.admin_url or db.writer_url) if as_found else db.writer_url
 
 
 def _announced_broker(settings: Settings) -> str | None:
