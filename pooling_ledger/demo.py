@@ -237,7 +237,10 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
         f"  {store}./run pooling-ledger balances --json    every account's balance (sums to zero)\n"
         f"  {store}./run pooling-ledger balances --as-of 2025-12-20T00:00:00+08:00    the same, at a past instant\n"
         f"  the event store of this run: {report['database_url']}"
-        + (f" (data in {settings.data_dir.absolute() / 'postgres'}, kept until the next demo)" if store else "")
+        + (
+            f" (data in {settings.data_dir.absolute() / 'postgres'}, kept until the next demo;"
+            " the roles' passwords in its *.password files)" if store else ""
+        )
         + "\n"
         f"  outcomes were published to {settings.ledger_topic} and {settings.rejections_topic} "
         "(the embedded broker is memory-only and stops with the demo)"
