@@ -1,11 +1,14 @@
 """Kafka in: `pooling.events.v1` to the ledger, exactly once.
 
 Each poll batch is decided by the ledger and saved in one PostgreSQL transaction
-together with the next offset of every partition it read (DESIGN §6). On start
-the consumer seeks to those stored offsets; Kafka's own committed offsets are
-never used. A stored offset beyond a partition's end (a broker that lost its
-data) is reported and the partition is read again from its start: receipts in
-PostgreSQL recognise what was already booked.
+together with the next offset of every partition it read and the fingerprint of
+the record before it (DESIGN §6). On start, on every group assignment and whenever
+the consumer made a new connection (a broker restarted), the record before each
+position is fetched and compared: if the log under a position was replaced or
+truncated (a memory broker that lost its data, then got new events whose offsets
+overlap the old ones), `source_log_replaced` is logged and the partition is read
+again from its start, so nothing is skipped; receipts in PostgreSQL recognise what
+was already booked. Kafka's own committed offsets are never used.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.metrics.stats.total import Total
 
 from consumers.store import ledger_recorder
-from consumers.topics import record_exists
+from consumers.topics import record_fingerprint, records_at
 from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
 
 log = structlog.get_logger("consumers.ingest")
@@ -35,14 +41,24 @@ FETCH_MAX_BYTES = 50 * 1024 * 1024
 #: Short group timeouts: a group join takes ~3 s instead of ~23 s with kafka-python's defaults.
 GROUP_SESSION_TIMEOUT_MS = 6000
 GROUP_HEARTBEAT_INTERVAL_MS = 1000
+#: Wait before checking positions again when the broker could not be asked.
+POSITION_CHECK_RETRY_S = 1.0
+#: kafka-python's sensor recording each connection a client makes.
+CONNECTIONS_CREATED_SENSOR = "connections-created"
+
+#: (next offset to read, fingerprint of the record before it or None if unknown)
+_Mark = tuple[int, bytes | None]
 
 
 @dataclass(frozen=True)
 class PositionReset:
+    """A partition read again from its start: the record before `stored_offset` was `found`
+    "missing" (log truncated or replaced by a shorter one) or "different" (log replaced)."""
+
     topic: str
     partition: int
     stored_offset: int
-    end_offset: int
+    found: str
 
 
 class Ingestor:
@@ -70,8 +86,10 @@ class Ingestor:
         self.poll_timeout_ms = poll_timeout_ms
         self.resets: list[PositionReset] = []
         self._fetcher: _Fetcher | None = None
-        self._stored_at_seek: dict[TopicPartition, int] = {}
+        #: Where the consumer reads next per partition and the record before it, as read.
+        self._expected: dict[TopicPartition, _Mark] = {}
         self._unchecked: list[TopicPartition] = []
+        self._unverified: set[TopicPartition] = set()
         self._unsaved: _Batch | None = None
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
@@ -84,6 +102,7 @@ class Ingestor:
             heartbeat_interval_ms=GROUP_HEARTBEAT_INTERVAL_MS,
             group_id=consumer_name if group else None,
         )
+        self._connections = _ConnectionWatch(self.consumer)
         self.group = group
         self.assigned = False
         if group:
@@ -108,42 +127,52 @@ class Ingestor:
         return partitions
 
     def _seek_to_stored_positions(self, partitions: list[TopicPartition]) -> None:
-        """Seeks to the positions stored in PostgreSQL; reports and rewinds any beyond the end."""
+        """Seeks to the positions stored in PostgreSQL; rewinds those whose log was replaced."""
         self._seek_without_checking(partitions)
-        self._rewind_positions_beyond_end(partitions)
+        self._unverified |= self._check_positions(partitions)
 
-    def _seek_without_checking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def _seek_without_checking(self, partitions: list[TopicPartition]) -> None:
         stored = ledger_recorder(self.ledger).select_positions(self.consumer_name)
-        positions = {}
         for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
+            mark = stored.get((tp.topic, tp.partition))
+            if mark is None:
                 self.consumer.seek_to_beginning(tp)
+                self._expected[tp] = (0, None)
             else:
-                self.consumer.seek(tp, offset)
-                positions[tp] = offset
+                self.consumer.seek(tp, mark[0])
+                self._expected[tp] = mark
         log.info("ingest_positions", topic=self.topic, partitions=sorted(tp.partition for tp in partitions))
-        self._stored_at_seek = positions
-        return positions
 
-    def _rewind_positions_beyond_end(self, partitions: list[TopicPartition]) -> None:
-        positions = {tp: o for tp, o in self._stored_at_seek.items() if tp in partitions}
-        if not positions:
-            return
-        ends = self.consumer.end_offsets(list(positions))
-        for tp, offset in positions.items():
-            if offset <= ends[tp] or record_exists(self.bootstrap_servers, tp, offset - 1):
-                continue  # the broker under-reported its end (see consumers.topics)
-            self.resets.append(PositionReset(tp.topic, tp.partition, offset, ends[tp]))
+    def _check_positions(self, partitions: set[TopicPartition] | list[TopicPartition]) -> set[TopicPartition]:
+        """Fetches the record before each partition's position and compares it with the one read
+        (or stored) there. A partition whose record is missing or different is reported and read
+        again from its start. Returns the partitions that could not be checked (broker away)."""
+        marks = {tp: self._expected[tp] for tp in partitions if self._expected.get(tp, (0, None))[0] > 0}
+        try:
+            found = records_at(self.bootstrap_servers, {tp: offset - 1 for tp, (offset, _) in marks.items()})
+        except KafkaError as error:
+            log.warning(
+                "source_log_check_failed", topic=self.topic,
+                partitions=sorted(tp.partition for tp in marks), error=repr(error),
+            )
+            return set(marks)
+        for tp, (offset, fingerprint) in marks.items():
+            record = found.get(tp)
+            if record is not None and (fingerprint is None or record_fingerprint(record) == fingerprint):
+                continue
+            reset = PositionReset(tp.topic, tp.partition, offset, "missing" if record is None else "different")
+            self.resets.append(reset)
             log.error(
-                "stored_position_beyond_end",
+                "source_log_replaced",
                 topic=tp.topic,
                 partition=tp.partition,
                 stored_offset=offset,
-                end_offset=ends[tp],
+                record_before=reset.found,
                 action="reading the partition from its start; receipts prevent double booking",
             )
             self.consumer.seek_to_beginning(tp)
+            self._expected[tp] = (0, None)
+        return set()
 
     def poll_once(self) -> list[Outcome]:
         """One poll batch: decided and saved with its positions in one transaction.
@@ -168,20 +197,44 @@ class Ingestor:
 
     def _fetch(self) -> _Batch | None:
         """Polls and parses one batch (in the fetcher thread, which alone uses the consumer)."""
-        if self._unchecked:  # assigned by the group in the last poll: check outside the callback
-            unchecked, self._unchecked = self._unchecked, []
-            self._rewind_positions_beyond_end(unchecked)
         records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.batch_size_max)
+        records = self._drop_unchecked(records)
         if not records:
             return None
         inbound: list[Inbound] = []
-        positions: list[tuple[str, str, int, int]] = []
+        positions: list[tuple[str, str, int, int, bytes | None]] = []
         for tp, messages in records.items():
             for m in messages:
                 position = SourcePosition(tp.topic, tp.partition, m.offset)
                 inbound.append(Inbound.parse(m.value, position, self.message_size_max_bytes))
-            positions.append((self.consumer_name, tp.topic, tp.partition, messages[-1].offset + 1))
+            mark = (messages[-1].offset + 1, record_fingerprint(messages[-1]))
+            self._expected[tp] = mark
+            positions.append((self.consumer_name, tp.topic, tp.partition, *mark))
         return inbound, positions
+
+    def _drop_unchecked(self, records: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Checks the positions that need it before any record read from them is handed on.
+
+        They are those assigned by the group in this poll (the callback may not ask the broker),
+        those that could not be checked before, and every one after a new connection: the
+        broker may have restarted with another log under the same offsets. The records of a
+        partition whose log was replaced, or that could not be checked, are dropped (the
+        partition is read again from its start, or from its position once checked).
+        """
+        suspect = self._unverified | set(self._unchecked)
+        self._unchecked = []
+        if self._connections.changed():
+            suspect |= set(self.partitions)
+        if not suspect:
+            return records
+        resets = len(self.resets)
+        self._unverified = self._check_positions(suspect)
+        dropped = self._unverified | {TopicPartition(r.topic, r.partition) for r in self.resets[resets:]}
+        for tp in self._unverified:
+            self.consumer.seek(tp, self._expected[tp][0])
+        if self._unverified:
+            time.sleep(POSITION_CHECK_RETRY_S)
+        return {tp: messages for tp, messages in records.items() if tp not in dropped}
 
     def _unread(self) -> int:
         if self.group and not self.assigned:
@@ -201,7 +254,39 @@ class Ingestor:
         self.consumer.close()
 
 
-_Batch = tuple[list[Inbound], list[tuple[str, str, int, int]]]
+_Batch = tuple[list[Inbound], list[tuple[str, str, int, int, bytes | None]]]
+
+
+class _ConnectionWatch:
+    """Tells whether the consumer made a new connection since last asked.
+
+    A connection dropped and made again may lead to a broker that lost its log (a memory broker
+    restarted on the same port): kafka-python then fetches on from its in-memory positions,
+    which may lie inside the new log. It counts connections in a sensor; a running total is
+    added to it (kafka-python keeps the consumer's metrics registry in `_metrics`).
+    """
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        metrics = getattr(consumer, "_metrics", None)
+        sensor = metrics.get_sensor(CONNECTIONS_CREATED_SENSOR) if metrics is not None else None
+        if metrics is None or sensor is None:
+            raise RuntimeError(
+                f"kafka-python has no {CONNECTIONS_CREATED_SENSOR!r} sensor: a broker restart could go unseen"
+            )
+        self._total = Total()
+        sensor.add(
+            metrics.metric_name("connection-creation-total", "pooling-ledger-ingest", "connections made"),
+            self._total,
+        )
+        self._seen = self._count()
+
+    def _count(self) -> float:
+        return float(self._total.measure(None, 0))
+
+    def changed(self) -> bool:
+        count = self._count()
+        changed, self._seen = count != self._seen, count
+        return changed
 
 
 class _SeekOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -221,13 +306,13 @@ class _SeekOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # Runs inside the consumer's poll: seeking is fine, asking the broker (end offsets)
-        # is not, so the check for positions beyond the end waits for the next fetch.
+        # Runs inside the consumer's poll: seeking is fine, asking the broker is not, so the
+        # positions are checked right after the poll, before its records are handed on.
         self.ingestor.partitions = sorted(assigned, key=lambda tp: tp.partition)
         self.ingestor.assigned = True
         if assigned:
             self.ingestor._seek_without_checking(list(assigned))
-            self.ingestor._unchecked = list(assigned)
+            self.ingestor._unchecked = list(assigned)  # checked before any of their records is used
 
 
 class _Fetcher(threading.Thread):

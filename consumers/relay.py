@@ -2,26 +2,46 @@
 
 Accepted movements go to `pooling.ledger.v1`, rejections to `pooling.rejections.v1`.
 The relay's position in the notification log is tracked in PostgreSQL after each
-flushed page. Every message carries its notification id in a header, and on
-start the relay reads the last message of each output partition, so a crash
-between a flush and its tracking record repeats nothing: each page is sent in
-order per partition and anything at or below a partition's last id is skipped.
+page the broker acknowledged, with the notification id and offset of the last
+message on every output partition. Every message carries its notification id in a
+header, and on (re)connecting the relay reads the last message of each output
+partition, so a crash between a flush and its tracking record repeats nothing: each
+page is sent in order per partition and anything at or below a partition's last id
+is skipped.
+
+The broker may fail or lose its log (memory storage). Every send and flush is
+bounded; an unacknowledged page is not tracked, the producer is made again after a
+back-off, and the output partitions are compared with the recorded marks: a topic
+gone is re-created, and a partition that no longer holds its mark gets its outcomes
+republished from the notification log (duplicates keep their notification id, so
+downstream can recognise them).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
 from consumers.store import Lease, ledger_recorder
+from consumers.topics import (
+    KAFKA_BOOTSTRAP_TIMEOUT_MS,
+    KAFKA_REQUEST_TIMEOUT_MS,
+    ensure_topics,
+    partition_counts,
+    records_at,
+)
 from ledger.aggregates import Receipt
 from ledger.application import Ledger
 
@@ -31,6 +51,22 @@ RELAY_PAGE_SIZE_MAX = 2000
 TAIL_POLL_TIMEOUT_MS = 500
 #: Polls returning nothing before the tails count as read to their end.
 TAIL_EMPTY_POLLS = 3
+PRODUCER_LINGER_MS = 5
+PRODUCER_BATCH_BYTES = 256 * 1024
+#: send() waits at most this for topic metadata or buffer space.
+PRODUCER_MAX_BLOCK_MS = 2_000
+#: A message not acknowledged within this (retries included) fails.
+PRODUCER_DELIVERY_TIMEOUT_MS = 10_000
+PRODUCER_CLOSE_TIMEOUT_S = 1.0
+#: A page's acknowledgements are awaited at most this long, in steps that look for a stop.
+FLUSH_TIMEOUT_S = 15.0
+FLUSH_STEP_S = 0.25
+#: Back-off after a failure: the first wait, doubled at each failure in a row up to the max.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+#: Once a stop is asked for, the relay gives up after this long without an acknowledged page.
+RELAY_STOP_WAIT_S = 3.0
+ERROR_CHARS_MAX = 300
 NOTIFICATION_HEADER = "ledger-notification-id"
 RECEIPT_TOPICS = (
     get_topic(Receipt.Accepted),
@@ -124,31 +160,76 @@ def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str,
     return None
 
 
+class OutputUnavailable(Exception):
+    """An output topic is missing and the relay does not know how many partitions it had."""
+
+
+class NotAcknowledged(Exception):
+    """The broker did not acknowledge every message of a page in time (or refused some)."""
+
+
+class OutputReplaced(Exception):
+    """An acknowledged message landed below the offset expected: the output log was replaced."""
+
+
+@dataclass(frozen=True)
+class OutputLoss:
+    """An output partition that no longer holds the relay's last acknowledged message there."""
+
+    topic: str
+    partition: int
+    notification_id: int
+    offset: int
+    found: str  # "missing", "different", or "empty" (every output partition empty)
+
+
+@dataclass
+class _Replay:
+    """Republishing the outcomes of lost partitions from the notification log, up to `end`."""
+
+    partitions: set[tuple[str, int]]
+    end: int
+    cursor: int = 1
+    held: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    count: int = 0
+
+
+_Sent = tuple[tuple[str, int], int, Any]  # (topic, partition), notification id, send future
+
+
 class Relay:
-    """Publishes receipts from the notification log, tracked in PostgreSQL."""
+    """Publishes receipts from the notification log, tracked in PostgreSQL.
+
+    Every wait on the broker is bounded: a page that is not acknowledged in time is not
+    tracked, the producer is closed and made again after a back-off (doubling, bounded), and
+    the output partitions are checked again. `should_stop` (a stop was asked for) bounds what
+    is left: once it is true the relay gives up after RELAY_STOP_WAIT_S without progress.
+    """
 
     def __init__(
         self, ledger: Ledger, bootstrap_servers: str, ledger_topic: str, rejections_topic: str,
-        name: str = "relay",
+        name: str = "relay", *, should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.ledger = ledger
         self.name = name
-        self.topics = {"ledger": ledger_topic, "rejections": rejections_topic}
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            acks="all",
-            retries=5,
-            max_in_flight_requests_per_connection=1,  # keeps each partition in notification order
-            linger_ms=5,
-            batch_size=256 * 1024,
-        )
         self.bootstrap_servers = bootstrap_servers
-        self.partition_counts = {
-            kind: len(self._partitions(bootstrap_servers, topic)) for kind, topic in self.topics.items()
-        }
+        self.topics = {"ledger": ledger_topic, "rejections": rejections_topic}
+        self.should_stop: Callable[[], bool] = should_stop or (lambda: False)
+        self.producer: KafkaProducer | None = None
+        #: Partitions per output topic, as last seen on the broker (to re-create a lost topic).
+        self.partition_counts: dict[str, int] = {}
+        #: The highest notification id on each output partition: nothing at or below it is sent.
         self.published_up_to: dict[tuple[str, int], int] = {}
         self.sent_count = 0
+        self.losses: list[OutputLoss] = []
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._replay: _Replay | None = None
         self._lease: Lease | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._give_up_at: float | None = None
+
+    # -- leading, connecting, failing --------------------------------------------------
 
     def _leading(self) -> bool:
         """Only one relay publishes at a time (several consumers may run): the lease holder.
@@ -161,70 +242,234 @@ class Relay:
             self._lease = ledger_recorder(self.ledger).try_lease(f"pooling-ledger:relay:{self.name}")
             if self._lease is None:
                 return False
-            self.published_up_to = self._read_published_marks(self.bootstrap_servers)
-            log.info("relay_leading", name=self.name, marks=len(self.published_up_to))
+            self._disconnect()  # (re)connecting reads the output tails: where the last holder stopped
+            log.info("relay_leading", name=self.name)
         return True
 
-    @staticmethod
-    def _partitions(bootstrap_servers: str, topic: str) -> list[int]:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
-        try:
-            for _ in range(50):
-                ids = consumer.partitions_for_topic(topic)
-                if ids:
-                    return sorted(ids)
-                consumer.poll(timeout_ms=100)
-            raise RuntimeError(f"topic {topic!r} does not exist on the broker")
-        finally:
-            consumer.close()
+    def _connect(self) -> None:
+        """Producer, partition counts, tails; a lost output partition starts a republication."""
+        self._ensure_output_topics()
+        self.producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            max_in_flight_requests_per_connection=1,  # keeps each partition in notification order
+            linger_ms=PRODUCER_LINGER_MS,
+            batch_size=PRODUCER_BATCH_BYTES,
+            allow_auto_create_topics=False,  # a lost topic is re-created with its partition count
+            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            max_block_ms=PRODUCER_MAX_BLOCK_MS,
+            request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+            delivery_timeout_ms=PRODUCER_DELIVERY_TIMEOUT_MS,
+        )
+        tails = self._read_published_marks(self.bootstrap_servers)
+        self.published_up_to = {tp: nid for tp, (nid, _) in tails.items() if nid}
+        self._next_offsets = {tp: next_offset for tp, (_, next_offset) in tails.items()}
+        self._check_outputs(tails)
+        log.info("relay_connected", name=self.name, marks=len(self.published_up_to), republishing=self._replay is not None)
 
-    def _read_published_marks(self, bootstrap_servers: str) -> dict[tuple[str, int], int]:
-        """The notification id of the last message on every output partition.
+    def _ensure_output_topics(self) -> None:
+        """Learns the output topics' partition counts; re-creates a topic the broker lost."""
+        existing = partition_counts(self.bootstrap_servers)
+        counts = {kind: existing[topic] for kind, topic in self.topics.items() if existing.get(topic)}
+        missing = {topic: self.partition_counts.get(kind, 0) for kind, topic in self.topics.items() if not counts.get(kind)}
+        if any(n == 0 for n in missing.values()):
+            raise OutputUnavailable(f"output topics missing on the broker: {sorted(missing)}")
+        if missing:
+            log.error(
+                "relay_output_topic_missing", name=self.name, topics=missing,
+                action="re-creating it; the outcomes it held are published again",
+            )
+            try:
+                ensure_topics(self.bootstrap_servers, missing)
+            except RuntimeError as error:
+                raise OutputUnavailable(str(error)) from error
+            counts.update({kind: missing[topic] for kind, topic in self.topics.items() if topic in missing})
+        self.partition_counts = counts
+
+    def _check_outputs(self, tails: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Compares what the relay recorded as acknowledged with what the broker holds.
+
+        Each output partition must still hold, at the offset it got, the last message the
+        relay recorded there. If it does not (a broker that lost its log, topics gone or
+        shorter), or if every partition is empty though the relay tracked outcomes as
+        published, the lost partitions' outcomes are republished from the notification log.
+        """
+        recorder = ledger_recorder(self.ledger)
+        tracked = recorder.max_tracking_id(self.name) or 0
+        stored = recorder.select_relay_marks(self.name)
+        found = records_at(
+            self.bootstrap_servers, {TopicPartition(t, p): offset for (t, p), (_, offset) in stored.items()}
+        )
+        losses = []
+        for (topic, partition), (nid, offset) in sorted(stored.items()):
+            record = found.get(TopicPartition(topic, partition))
+            if record is not None and _notification_id(record) == nid:
+                continue
+            losses.append(OutputLoss(topic, partition, nid, offset, "missing" if record is None else "different"))
+        if not stored and tracked and not any(nid for nid, _ in tails.values()):
+            losses = [OutputLoss(topic, partition, 0, 0, "empty") for topic, partition in sorted(tails)]
+        if not losses:
+            return
+        for loss in losses:
+            log.error(
+                "relay_output_lost", name=self.name, topic=loss.topic, partition=loss.partition,
+                notification_id=loss.notification_id, offset=loss.offset, found=loss.found,
+                tail_notification_id=tails.get((loss.topic, loss.partition), (0, 0))[0],
+                tracked_notification_id=tracked,
+                action="republishing its outcomes from the notification log (stamped with their ids)",
+            )
+        self.losses += losses
+        self._start_replay({(loss.topic, loss.partition) for loss in losses}, tracked)
+
+    def _start_replay(self, partitions: set[tuple[str, int]], end: int) -> None:
+        if self._replay is not None:
+            partitions |= self._replay.partitions
+            end = max(end, self._replay.end)
+        for tp in partitions:
+            self.published_up_to.pop(tp, None)
+        self._replay = _Replay(partitions, end)
+
+    def _fail(self, error: Exception) -> None:
+        self._failures += 1
+        wait_s = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + wait_s
+        log.warning(
+            "relay_publish_failed", name=self.name, error=repr(error)[:ERROR_CHARS_MAX],
+            failures=self._failures, retry_in_s=wait_s,
+        )
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=PRODUCER_CLOSE_TIMEOUT_S)
+        except KafkaTimeoutError:
+            # close() flushes first and gives up, sender thread running, while messages are
+            # pending: stop the sender (it fails what is pending), then close for good.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(PRODUCER_CLOSE_TIMEOUT_S)
+            try:
+                producer.close(timeout=0)
+            except Exception as error:  # noqa: BLE001 - a broken producer is dropped all the same
+                log.warning("relay_producer_close_failed", name=self.name, error=repr(error)[:ERROR_CHARS_MAX])
+        except Exception as error:  # noqa: BLE001 - a broken producer is dropped all the same
+            log.warning("relay_producer_close_failed", name=self.name, error=repr(error)[:ERROR_CHARS_MAX])
+
+    def _time_left_s(self) -> float:
+        """Seconds left before giving up: unbounded until a stop is asked for."""
+        if self._give_up_at is None:
+            if not self.should_stop():
+                return math.inf
+            self._give_up_at = time.monotonic() + RELAY_STOP_WAIT_S
+        return self._give_up_at - time.monotonic()
+
+    def _progressed(self) -> None:
+        self._failures = 0
+        if self._give_up_at is not None:  # stopping, but the broker answers: publish what is left
+            self._give_up_at = time.monotonic() + RELAY_STOP_WAIT_S
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _read_published_marks(self, bootstrap_servers: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """(highest notification id, next offset) at the end of every output partition.
 
         Reads from just before the reported end to the real end: the reported end may be
         the base offset of the last batch (see consumers.topics), never past the last record.
         """
-        marks: dict[tuple[str, int], int] = {}
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        marks: dict[tuple[str, int], tuple[int, int]] = {}
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+        )
         try:
             tps = [
                 TopicPartition(topic, p)
                 for kind, topic in self.topics.items()
                 for p in range(self.partition_counts[kind])
             ]
-            ends = consumer.end_offsets(tps)
+            ends = consumer.end_offsets(tps, timeout_ms=KAFKA_REQUEST_TIMEOUT_MS)
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, max(0, ends[tp] - 1))
+                marks[(tp.topic, tp.partition)] = (0, 0)
             empty = 0
             while empty < TAIL_EMPTY_POLLS:
                 batch = consumer.poll(timeout_ms=TAIL_POLL_TIMEOUT_MS)
                 empty = 0 if batch else empty + 1
                 for tp, records in batch.items():
                     for record in records:
-                        for header, value in record.headers or []:
-                            if header == NOTIFICATION_HEADER:
-                                marks[(tp.topic, tp.partition)] = int(value)
+                        nid, _ = marks[(tp.topic, tp.partition)]
+                        marks[(tp.topic, tp.partition)] = (max(nid, _notification_id(record)), record.offset + 1)
         finally:
             consumer.close()
         return marks
 
     def run_once(self) -> int:
-        """Publishes one page of receipts; returns how many notifications it went through."""
-        if not self._leading():
+        """Publishes one page of receipts; returns how many notifications it went through.
+
+        0 when there is nothing to publish, another process leads, the broker failed (the
+        relay then waits out its back-off), or the time left after a stop request ran out.
+        """
+        if self._time_left_s() <= 0 or not self._leading():
             return 0
-        recorder = self.ledger.recorder
-        last = recorder.max_tracking_id(self.name) or 0  # type: ignore[attr-defined]
-        page = recorder.select_notifications(last + 1, RELAY_PAGE_SIZE_MAX, topics=RECEIPT_TOPICS)
+        if self.producer is None and time.monotonic() < self._retry_at and self._give_up_at is None:
+            return 0
+        try:
+            if self.producer is None:
+                self._connect()
+            return self._publish_page()
+        except (KafkaError, NotAcknowledged, OutputReplaced, OutputUnavailable) as error:
+            self._fail(error)
+            return 0
+
+    def _publish_page(self) -> int:
+        recorder = ledger_recorder(self.ledger)
+        tracked = recorder.max_tracking_id(self.name) or 0
+        replay = self._replay
+        start = replay.cursor if replay is not None else tracked + 1
+        page = recorder.select_notifications(start, RELAY_PAGE_SIZE_MAX, topics=RECEIPT_TOPICS)
         if not page:
+            if replay is not None:  # nothing left to republish up to its end
+                recorder.record_relay_progress(self.name, self._finish_replay(replay, {}), None)
             return 0
-        self.sent_count += self._send((n.id, self.ledger.mapper.to_domain_event(n)) for n in page)
-        self.producer.flush()
-        recorder.insert_tracking(Tracking(self.name, page[-1].id))  # type: ignore[attr-defined]
+        sent = self._send((n.id, self.ledger.mapper.to_domain_event(n)) for n in page)
+        acks = self._await_acks(sent)
+        self._check_offsets(acks)
+        marks = _last_marks(acks)
+        if replay is not None:
+            replay.count += sum(1 for tp, nid, _ in acks if tp in replay.partitions and nid <= replay.end)
+            replay.held.update({tp: m for tp, m in marks.items() if tp in replay.partitions})
+            marks = {tp: m for tp, m in marks.items() if tp not in replay.partitions}
+            replay.cursor = page[-1].id + 1
+            if replay.cursor > replay.end:
+                marks = self._finish_replay(replay, marks)
+        tracking = Tracking(self.name, page[-1].id) if page[-1].id > tracked else None
+        recorder.record_relay_progress(self.name, marks, tracking)
+        self.sent_count += len(acks)
+        self._progressed()
         return len(page)
 
-    def _send(self, events: Iterable[tuple[int, Any]]) -> int:
-        sent = 0
+    def _finish_replay(
+        self, replay: _Replay, marks: dict[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """Ends a republication: the marks of its partitions, held until now, are recorded."""
+        self._replay = None
+        log.warning(
+            "relay_republished", name=self.name, partitions=sorted(replay.partitions),
+            messages=replay.count, up_to_notification_id=replay.end,
+        )
+        return {**marks, **replay.held}
+
+    def _send(self, events: Iterable[tuple[int, Any]]) -> list[_Sent]:
+        assert self.producer is not None
+        sent: list[_Sent] = []
+        replay = self._replay
         for notification_id, event in events:
             message = message_for(event, notification_id)
             if message is None:
@@ -232,9 +477,11 @@ class Relay:
             kind, key, value = message
             topic = self.topics[kind]
             partition = partition_for(key, self.partition_counts[kind])
+            if replay is not None and notification_id <= replay.end and (topic, partition) not in replay.partitions:
+                continue  # republishing: only the lost partitions
             if notification_id <= self.published_up_to.get((topic, partition), 0):
                 continue  # published before a crash, tracked after it: never twice
-            self.producer.send(
+            future = self.producer.send(
                 topic,
                 key=key,
                 value=json.dumps(value, ensure_ascii=False, sort_keys=True).encode(),
@@ -242,8 +489,46 @@ class Relay:
                 headers=[(NOTIFICATION_HEADER, str(notification_id).encode())],
             )
             self.published_up_to[(topic, partition)] = notification_id
-            sent += 1
+            sent.append(((topic, partition), notification_id, future))
         return sent
+
+    def _await_acks(self, sent: list[_Sent]) -> list[tuple[tuple[str, int], int, int]]:
+        """((topic, partition), notification id, offset) of every message, once all are acknowledged.
+
+        Waits at most FLUSH_TIMEOUT_S (less once a stop is asked for), in steps so a stop
+        request is seen; raises NotAcknowledged if any message is not acknowledged by then.
+        """
+        assert self.producer is not None
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while True:
+            try:
+                self.producer.flush(timeout=FLUSH_STEP_S)
+                break
+            except KafkaTimeoutError:
+                if time.monotonic() >= deadline or self._time_left_s() <= 0:
+                    undone = sum(1 for *_, future in sent if not future.is_done)
+                    raise NotAcknowledged(f"{undone} of {len(sent)} messages not acknowledged in time") from None
+        acks = []
+        for tp, notification_id, future in sent:
+            if not future.is_done:
+                raise NotAcknowledged(f"message {notification_id} to {tp} not acknowledged after a flush")
+            if future.failed():
+                raise NotAcknowledged(f"message {notification_id} to {tp} refused: {future.exception!r}")
+            acks.append((tp, notification_id, future.value.offset))
+        return acks
+
+    def _check_offsets(self, acks: list[tuple[tuple[str, int], int, int]]) -> None:
+        """Raises OutputReplaced if a message got an offset below the one expected on its
+        partition: the log was replaced (a memory broker restarted) while the producer
+        reconnected on its own. The page is then not tracked; reconnecting compares every
+        partition with the recorded marks and republishes what was lost."""
+        regressed = set()
+        for tp, _, offset in acks:
+            if offset < self._next_offsets.get(tp, 0):
+                regressed.add(tp)
+            self._next_offsets[tp] = offset + 1
+        if regressed:
+            raise OutputReplaced(f"offsets went back on {sorted(regressed)}: the broker's log was replaced")
 
     def run_until_caught_up(self) -> int:
         total = 0
@@ -252,8 +537,26 @@ class Relay:
         return total
 
     def close(self) -> None:
-        self.producer.close()
+        self._disconnect()
         if self._lease is not None:
             self._lease.release()
             self._lease = None
 
+
+def _notification_id(record: Any) -> int:
+    for header, value in record.headers or []:
+        if header == NOTIFICATION_HEADER:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _last_marks(acks: list[tuple[tuple[str, int], int, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(notification id, offset) of the last acknowledged message per partition."""
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
+    for tp, notification_id, offset in acks:
+        if offset >= marks.get(tp, (0, -1))[1]:
+            marks[tp] = (notification_id, offset)
+    return marks

@@ -33,7 +33,8 @@ def main(
     from consumers.store import open_ledger
 
     ledger = open_ledger(database_url, create_tables=False)
-    relay = Relay(ledger, bootstrap_servers, ledger_topic, rejections_topic)
+    # a stop request bounds the relay's waits on the broker, even while the broker is away
+    relay = Relay(ledger, bootstrap_servers, ledger_topic, rejections_topic, should_stop=stopping.is_set)
     retry = DatabaseRetry(max_s=db_retry_max_s)
 
     def publish() -> int:  # a PostgreSQL restart is waited out, like the consumer does

@@ -42,6 +42,7 @@ class RelayThread(threading.Thread):
         self.relay = relay
         self.retry = retry or DatabaseRetry()
         self.stopping = threading.Event()
+        relay.should_stop = self.stopping.is_set  # bounds its waits on the broker once stopping
         self.error: Exception | None = None
 
     def run(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
@@ -25,6 +26,7 @@ from ledger.application import Ledger
 from schemas.policy import Policy
 
 POSITIONS_TABLE = "kafka_positions"
+RELAY_MARKS_TABLE = "relay_marks"
 SCHEMA_LOCK = "pooling-ledger:schema"
 
 
@@ -41,6 +43,20 @@ class LedgerRecorder(PostgresProcessRecorder):
                 " next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
                 " PRIMARY KEY (consumer, topic, partition))"
             ).format(schema=schema, positions=positions),
+            # What identifies the record before next_offset (consumers.topics.record_fingerprint):
+            # a position is only trusted while the broker still holds that record there.
+            SQL("ALTER TABLE {schema}.{positions} ADD COLUMN IF NOT EXISTS fingerprint bytea").format(
+                schema=schema, positions=positions
+            ),
+            # The relay's last acknowledged message per output partition: its notification id
+            # and the offset it got, so a log the broker lost or replaced can be recognised.
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{marks} ("
+                " relay text NOT NULL, topic text NOT NULL, partition integer NOT NULL,"
+                " notification_id bigint NOT NULL, kafka_offset bigint NOT NULL,"
+                " updated_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (relay, topic, partition))"
+            ).format(schema=schema, marks=Identifier(RELAY_MARKS_TABLE)),
             SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{guard}() RETURNS trigger LANGUAGE plpgsql AS "
                 "$$BEGIN RAISE EXCEPTION 'the ledger event store is append-only: % refused on %',"
@@ -61,13 +77,24 @@ class LedgerRecorder(PostgresProcessRecorder):
             ),
         ]
         self._upsert_position = SQL(
-            "INSERT INTO {schema}.{positions} (consumer, topic, partition, next_offset)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer, topic, partition)"
-            " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            "INSERT INTO {schema}.{positions} (consumer, topic, partition, next_offset, fingerprint)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (consumer, topic, partition)"
+            " DO UPDATE SET next_offset = EXCLUDED.next_offset, fingerprint = EXCLUDED.fingerprint,"
+            " updated_at = now()"
         ).format(schema=schema, positions=positions)
         self._select_positions = SQL(
-            "SELECT topic, partition, next_offset FROM {schema}.{positions} WHERE consumer = %s"
+            "SELECT topic, partition, next_offset, fingerprint FROM {schema}.{positions} WHERE consumer = %s"
         ).format(schema=schema, positions=positions)
+        marks = Identifier(RELAY_MARKS_TABLE)
+        self._upsert_relay_mark = SQL(
+            "INSERT INTO {schema}.{marks} (relay, topic, partition, notification_id, kafka_offset)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (relay, topic, partition)"
+            " DO UPDATE SET notification_id = EXCLUDED.notification_id,"
+            " kafka_offset = EXCLUDED.kafka_offset, updated_at = now()"
+        ).format(schema=schema, marks=marks)
+        self._select_relay_marks = SQL(
+            "SELECT topic, partition, notification_id, kafka_offset FROM {schema}.{marks} WHERE relay = %s"
+        ).format(schema=schema, marks=marks)
         # Column arrays instead of eventsourcing's array of composites: psycopg sends them in
         # binary, skipping the text escaping of every stored event (a third of a batch's time).
         self._insert_columns = SQL(
@@ -115,7 +142,7 @@ class LedgerRecorder(PostgresProcessRecorder):
         return None
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
-        positions: Sequence[tuple[str, str, int, int]] = kwargs.get("positions", ())
+        positions: Sequence[tuple[str, str, int, int, bytes | None]] = kwargs.get("positions", ())
         if positions:
             curs.executemany(self._upsert_position, positions)
         super()._insert_events(curs, stored_events, **kwargs)
@@ -134,11 +161,35 @@ class LedgerRecorder(PostgresProcessRecorder):
             binary=True,
         )
 
-    def select_positions(self, consumer: str) -> dict[tuple[str, int], int]:
-        """The next offset to read per (topic, partition), as last committed with a batch."""
+    def select_positions(self, consumer: str) -> dict[tuple[str, int], tuple[int, bytes | None]]:
+        """(next offset to read, fingerprint of the record before it) per (topic, partition),
+        as last committed with a batch."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_positions, (consumer,))
-            return {(r["topic"], r["partition"]): r["next_offset"] for r in curs.fetchall()}
+            return {
+                (r["topic"], r["partition"]): (r["next_offset"], _bytes_or_none(r["fingerprint"]))
+                for r in curs.fetchall()
+            }
+
+    def record_relay_progress(
+        self, relay: str, marks: dict[tuple[str, int], tuple[int, int]], tracking: Tracking | None
+    ) -> None:
+        """The relay's acknowledged marks ((topic, partition) -> (notification id, offset)) and its
+        position in the notification log, in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            if marks:
+                curs.executemany(
+                    self._upsert_relay_mark,
+                    [(relay, topic, partition, nid, offset) for (topic, partition), (nid, offset) in marks.items()],
+                )
+            if tracking is not None:
+                self._insert_tracking(curs, tracking)
+
+    def select_relay_marks(self, relay: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """(notification id, offset) of the relay's last acknowledged message per output partition."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_relay_marks, (relay,))
+            return {(r["topic"], r["partition"]): (r["notification_id"], r["kafka_offset"]) for r in curs.fetchall()}
 
     def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]:
         if not ids:
@@ -146,6 +197,10 @@ class LedgerRecorder(PostgresProcessRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_existing, (list(ids),))
             return {r["originator_id"] for r in curs.fetchall()}
+
+
+def _bytes_or_none(value: object) -> bytes | None:
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else None
 
 
 class Lease:

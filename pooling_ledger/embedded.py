@@ -31,6 +31,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
+# Topic creation lives with the Kafka helpers (the relay re-creates lost output topics);
+# re-exported here for the composition root and the tests.
+from consumers.topics import ensure_topics  # noqa: F401 - re-exported
+from consumers.topics import list_topics as _list_topics
 from pooling_ledger import processes
 
 log = structlog.get_logger()
@@ -57,9 +61,6 @@ CONNECT_TIMEOUT_S = 2
 INITDB_TIMEOUT_S = 120.0
 #: How often start() picks a fresh port when an auto-chosen port was taken meanwhile.
 PORT_ATTEMPTS = 3
-KAFKA_REQUEST_TIMEOUT_MS = 5_000
-KAFKA_BOOTSTRAP_TIMEOUT_MS = 2_000
-TOPIC_CREATE_TIMEOUT_MS = 10_000
 LOG_TAIL_CHARS = 2_000
 #: How often the supervisor of a supervised server looks whether its postmaster still runs.
 SUPERVISE_INTERVAL_S = 0.5
@@ -671,49 +672,3 @@ class EmbeddedKafka:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _admin(bootstrap: str) -> Any:
-    from kafka.admin import KafkaAdminClient  # type: ignore[import-untyped]
-
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="pooling-ledger-embedded",
-        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
-        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
-    )
-
-
-def _list_topics(bootstrap: str) -> list[str]:
-    admin = _admin(bootstrap)
-    try:
-        return list(admin.list_topics())
-    finally:
-        admin.close()
-
-
-def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create the missing topics (name -> partition count, replication factor 1)."""
-    from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
-
-    admin = _admin(bootstrap)
-    try:
-        existing = set(admin.list_topics())
-        missing = {name: n for name, n in topics.items() if name not in existing}
-        if not missing:
-            return
-        result = admin.create_topics(
-            {name: {"num_partitions": n, "replication_factor": 1} for name, n in missing.items()},
-            timeout_ms=TOPIC_CREATE_TIMEOUT_MS,
-            raise_errors=False,
-        )
-        failures = [
-            (t.get("name"), t.get("error_code"), t.get("error_message"))
-            for t in result.get("topics", [])
-            if t.get("error_code", 0) not in (0, TopicAlreadyExistsError.errno)
-        ]
-        if failures:
-            raise RuntimeError(f"could not create topics on {bootstrap}: {failures}")
-        log.info("embedded_kafka.topics_created", bootstrap=bootstrap, topics=missing)
-    finally:
-        admin.close()

@@ -153,7 +153,7 @@ def test_stored_position_beyond_partition_end_is_reported_and_nothing_is_double_
 
     ledger = open_ledger(database_url)
     ingestor = Ingestor(ledger, kafka_bootstrap, topics["events"], "test-consumer", 100, 200)
-    assert [r.stored_offset - r.end_offset for r in ingestor.resets] == [1000 - 1]
+    assert [(r.stored_offset, r.found) for r in ingestor.resets] == [(1005, "missing")]
     ingestor.close()
     ledger, stats = run_pipeline(database_url, kafka_bootstrap, topics)
     assert stats.outcomes == Counter(duplicate=5, accepted=1)
