@@ -163,6 +163,22 @@ def role_url(role: str, password: str | None, port: int, host: str = LOCALHOST, 
     return f"postgresql://{quote(role, safe='')}{secret}@{host}:{port}/{quote(dbname, safe='')}"
 
 
+def _hba_methods(hba: str) -> set[str]:
+    """The authentication methods of a pg_hba.conf's records (the last field, no options used)."""
+    return {line.split()[-1] for line in hba.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+
+
+def _hba_with_method(hba: str, method: str) -> str:
+    """pg_hba.conf with every record's method set to `method` (comments kept)."""
+    lines = []
+    for line in hba.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            head, _, _ = line.rstrip().rpartition(" ")
+            line = f"{head} {method}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def _log_tail(path: Path | None) -> str:
     if path is None or not path.exists():
         return "(no log)"
@@ -324,16 +340,42 @@ class EmbeddedPostgres:
         with os.fdopen(fd, "w") as out:
             out.write(password + "\n")
 
-    def _check_password_auth(self) -> None:
-        """Refuses a data directory an earlier version made with trust authentication."""
+    def _check_password_auth(self) -> bool:
+        """Whether the data directory still trusts every connection (made by an earlier version):
+        then start() moves it to password authentication. Refuses one with neither."""
         if self.superuser_password is not None:
-            return
+            return False
+        hba = self.data_dir / "pg_hba.conf"
+        if _hba_methods(hba.read_text() if hba.exists() else "") == {"trust"}:
+            return True
         raise RuntimeError(
             f"the PostgreSQL data directory {self.data_dir} has no {POSTGRES_SUPERUSER}"
-            f"{PASSWORD_FILE_SUFFIX} file: an earlier version made it to trust every connection. "
+            f"{PASSWORD_FILE_SUFFIX} file, so its superuser's password is unknown. "
             f"Remove it (e.g. `rm -rf {self.data_dir}`, or the whole POOLING_DATA_DIR such as var/) "
             "and run again: a new one with password authentication is made"
         )
+
+    def _move_to_password_auth(self) -> None:
+        """A trusting data directory of an earlier version, now running, gets a generated superuser
+        password (kept 0600 like initdb's) and scram-sha-256 for every connection; data is kept."""
+        from projections.roles import scram_verifier
+
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        trusting_url = role_url(POSTGRES_SUPERUSER, None, self.port or 0)
+        with psycopg.connect(trusting_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(POSTGRES_SUPERUSER), sql.Literal(scram_verifier(password))
+                )
+            )
+            target = password_file(self.data_dir, POSTGRES_SUPERUSER)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PASSWORD_FILE_MODE)
+            with os.fdopen(fd, "w") as out:
+                out.write(password + "\n")
+            hba = self.data_dir / "pg_hba.conf"
+            hba.write_text(_hba_with_method(hba.read_text(), AUTH_METHOD))  # in place: owner and mode kept
+            conn.execute("SELECT pg_reload_conf()")
+        log.warning("embedded_postgres.moved_to_password_auth", data_dir=str(self.data_dir))
 
     def _run_initdb(self, pwfile: Path) -> None:
         args = [
@@ -376,12 +418,14 @@ class EmbeddedPostgres:
         self._clear_stale_pid_file()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        self._check_password_auth()
+        trusting = self._check_password_auth()
         attempts = 1 if self._fixed_port is not None else PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
             self.port = self._fixed_port if self._fixed_port is not None else free_port()
             if self._launch_and_wait(last_attempt=attempt == attempts):
                 break
+        if trusting:
+            self._move_to_password_auth()
         log.info("embedded_postgres.started", port=self.port, data_dir=str(self.data_dir))
         if self.supervise:
             self._stopping.clear()

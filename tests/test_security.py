@@ -187,7 +187,12 @@ def test_the_embedded_server_refuses_wrong_passwords(pg_server_url: str, databas
             assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
-def test_the_superuser_password_is_generated_0600_and_a_trust_data_dir_is_refused(private_dir: Path) -> None:
+def hba_methods(data: Path) -> set[str]:
+    return {line.split()[-1] for line in (data / "pg_hba.conf").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def test_the_superuser_password_is_generated_0600(private_dir: Path) -> None:
     data = private_dir / "data"
     with EmbeddedPostgres(data, fast=True) as server:
         password_file = data / "postgres.password"
@@ -195,12 +200,34 @@ def test_the_superuser_password_is_generated_0600_and_a_trust_data_dir_is_refuse
         assert password_file.stat().st_mode & 0o777 == 0o600
         assert len(password) == 32  # 24 random bytes, URL-safe base64
         assert urlsplit(server.url).password == password
-        hba = [line.split() for line in (data / "pg_hba.conf").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-        assert {fields[-1] for fields in hba} == {"scram-sha-256"}
-    password_file.unlink()  # what a data dir made by an earlier version (trust auth) looks like
-    with pytest.raises(RuntimeError, match="earlier version made it to trust every connection"):
+        assert hba_methods(data) == {"scram-sha-256"}
+    password_file.unlink()  # its password lost: the data dir cannot be used, and says so
+    with pytest.raises(RuntimeError, match="superuser's password is unknown.*rm -rf"):
         EmbeddedPostgres(data, fast=True).start()
+
+
+def test_a_trusting_data_dir_of_an_earlier_version_moves_to_passwords_keeping_its_data(private_dir: Path) -> None:
+    data = private_dir / "data"
+    with EmbeddedPostgres(data, fast=True) as server, psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('from the trusting days')")
+    # what an earlier version left: trust for every connection, no password file
+    hba = data / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    (data / "postgres.password").unlink()
+    assert hba_methods(data) == {"trust"}
+    with EmbeddedPostgres(data, fast=True) as server:
+        password = (data / "postgres.password").read_text().strip()
+        assert (data / "postgres.password").stat().st_mode & 0o777 == 0o600
+        assert hba_methods(data) == {"scram-sha-256"}
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [("from the trusting days",)]
+        for wrong in (url_with_password(server.url, "wrong"), without_password(server.url)):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed|no password supplied"):
+                psycopg.connect(wrong, connect_timeout=5)
+        assert password not in (data / "server.log").read_text()
+    with EmbeddedPostgres(data, fast=True) as again:  # and it stays so
+        assert urlsplit(again.url).password == password
 
 
 def test_services_prepare_the_embedded_server_with_generated_role_passwords(private_dir: Path) -> None:
