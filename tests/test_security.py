@@ -535,3 +535,23 @@ def test_prepare_db_makes_the_roles_and_the_writer_then_runs_on_its_own(database
         ledger.close()
         with psycopg.connect(db.reader_url) as reader:
             assert reader.execute("SELECT count(*) FROM ledger_events").fetchone() == (5,)  # the policy book (2) and the contribution (3)
+
+
+def test_logged_tracebacks_show_no_local_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    import structlog
+
+    from pooling_ledger.logs import configure_logging
+
+    configure_logging("console", "info")
+
+    def connect(url: str) -> None:
+        psycopg.connect(url, connect_timeout=1)
+
+    secret = "pw-" + uuid.uuid4().hex
+    try:
+        connect(f"postgresql://pooling_ledger:{secret}@127.0.0.1:{free_port()}/postgres")
+    except psycopg.OperationalError:
+        structlog.get_logger().exception("connect_failed")
+    err = capsys.readouterr().err
+    assert "connect_failed" in err and "OperationalError" in err
+    assert secret not in err
