@@ -542,16 +542,19 @@ def test_logged_tracebacks_show_no_local_variables(capsys: pytest.CaptureFixture
 
     from pooling_ledger.logs import configure_logging
 
-    configure_logging("console", "info")
-
     def connect(url: str) -> None:
         psycopg.connect(url, connect_timeout=1)
 
     secret = "pw-" + uuid.uuid4().hex
+    saved = structlog.get_config()
+    configure_logging("console", "info")  # prints to this test's captured stderr
     try:
-        connect(f"postgresql://pooling_ledger:{secret}@127.0.0.1:{free_port()}/postgres")
-    except psycopg.OperationalError:
-        structlog.get_logger().exception("connect_failed")
+        try:
+            connect(f"postgresql://pooling_ledger:{secret}@127.0.0.1:{free_port()}/postgres")
+        except psycopg.OperationalError:
+            structlog.get_logger().exception("connect_failed")
+    finally:
+        structlog.configure(**saved)  # later tests must not print to this test's closed stream
     err = capsys.readouterr().err
     assert "connect_failed" in err and "OperationalError" in err
     assert secret not in err
