@@ -275,10 +275,10 @@ def test_a_demo_run_prints_and_logs_no_secret(
         "POOLING_REJECTIONS_TOPIC": topics["rejections"],
         "POOLING_API_TOKEN": API_TOKEN,
         "POOLING_READER_PASSWORD": READER_PASSWORD,
-        "POOLING_WRITER_PASSWORD": WRITER_PASSWORD,
         "POOLING_LOG_LEVEL": "debug",
     }
-    env.pop("DATABASE_URL", None)
+    for generated in ("DATABASE_URL", "DATABASE_ADMIN_URL", "POOLING_WRITER_PASSWORD"):
+        env.pop(generated, None)
     result = subprocess.run(
         [sys.executable, "-m", "pooling_ledger.cli", "demo", "--no-serve", "--events-per-city", "20", "--seed", "5"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -286,12 +286,14 @@ def test_a_demo_run_prints_and_logs_no_secret(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "total (must be 0)" in result.stdout
     superuser = (private_dir / "demo" / "postgres" / "postgres.password").read_text().strip()
-    assert len(superuser) == 32
+    writer = (private_dir / "demo" / "postgres" / "pooling_ledger.password").read_text().strip()
+    assert len(superuser) == len(writer) == 32
+    assert not (private_dir / "demo" / "postgres" / "pooling_reader.password").exists()  # configured
     assert "postgresql://pooling_ledger@127.0.0.1:" in result.stdout  # where the store is, without password
     logs = log_files(private_dir)
     assert str(private_dir / "demo" / "postgres" / "server.log") in logs
     assert_no_secret(
-        {"API token": API_TOKEN, "reader password": READER_PASSWORD, "writer password": WRITER_PASSWORD,
+        {"API token": API_TOKEN, "reader password": READER_PASSWORD, "writer password": writer,
          "superuser password": superuser},
         {"stdout": result.stdout, "stderr": result.stderr, **logs},
     )
@@ -363,7 +365,7 @@ def test_a_serve_run_prints_and_logs_no_secret_and_sends_no_server_header(
     )
 
 
-def test_a_generated_token_is_printed(database_url: str) -> None:
+def test_a_generated_token_is_printed() -> None:
     from pooling_ledger.cli import _serving_message
 
     assert "#token=abc" in _serving_message("http://h:1", "abc", True)
