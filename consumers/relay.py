@@ -66,6 +66,9 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 #: Once a stop is asked for, the relay gives up after this long without an acknowledged page.
 RELAY_STOP_WAIT_S = 3.0
+#: While idle, how often the relay checks that the broker still holds its recorded marks: a
+#: broker that restarted empty while nothing was being sent is noticed within this.
+OUTPUT_CHECK_INTERVAL_S = 5.0
 ERROR_CHARS_MAX = 300
 NOTIFICATION_HEADER = "ledger-notification-id"
 RECEIPT_TOPICS = (
@@ -228,6 +231,7 @@ class Relay:
         self._failures = 0
         self._retry_at = 0.0
         self._give_up_at: float | None = None
+        self._outputs_checked_at = 0.0
 
     # -- leading, connecting, failing --------------------------------------------------
 
@@ -265,6 +269,7 @@ class Relay:
         self.published_up_to = {tp: nid for tp, (nid, _) in tails.items() if nid}
         self._next_offsets = {tp: next_offset for tp, (_, next_offset) in tails.items()}
         self._check_outputs(tails)
+        self._outputs_checked_at = time.monotonic()
         log.info("relay_connected", name=self.name, marks=len(self.published_up_to), republishing=self._replay is not None)
 
     def _ensure_output_topics(self) -> None:
@@ -320,6 +325,21 @@ class Relay:
             )
         self.losses += losses
         self._start_replay({(loss.topic, loss.partition) for loss in losses}, tracked)
+
+    def _probe_outputs(self) -> None:
+        """Idle: raises OutputReplaced if the broker no longer holds a recorded mark (it lost
+        its log while nothing was sent); reconnecting then finds and republishes what was lost."""
+        self._outputs_checked_at = time.monotonic()
+        stored = ledger_recorder(self.ledger).select_relay_marks(self.name)
+        found = records_at(
+            self.bootstrap_servers, {TopicPartition(t, p): offset for (t, p), (_, offset) in stored.items()}
+        )
+        gone = sorted(
+            (t, p) for (t, p), (nid, _) in stored.items()
+            if (record := found.get(TopicPartition(t, p))) is None or _notification_id(record) != nid
+        )
+        if gone:
+            raise OutputReplaced(f"recorded marks no longer on the broker: {gone}")
 
     def _start_replay(self, partitions: set[tuple[str, int]], end: int) -> None:
         if self._replay is not None:
@@ -437,6 +457,8 @@ class Relay:
         if not page:
             if replay is not None:  # nothing left to republish up to its end
                 recorder.record_relay_progress(self.name, self._finish_replay(replay, {}), None)
+            elif time.monotonic() - self._outputs_checked_at >= OUTPUT_CHECK_INTERVAL_S:
+                self._probe_outputs()
             return 0
         sent = self._send((n.id, self.ledger.mapper.to_domain_event(n)) for n in page)
         acks = self._await_acks(sent)

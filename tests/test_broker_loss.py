@@ -211,6 +211,43 @@ def test_a_broker_lost_while_consume_runs_skips_nothing_and_the_relay_publishes_
     assert Counter(v["reason"] for v in rejected) == Counter(invalid_json=20)
 
 
+def test_an_idle_relay_republishes_what_a_broker_lost_with_nothing_new_to_publish(
+    broker: Broker, database_url: str
+) -> None:
+    """The old events come again (all duplicates): no new outcome makes the relay send, yet the
+    outcomes the broker lost are published again."""
+    old = events(1_000, 50)
+    ledger = open_ledger(database_url)
+    ingestor = Ingestor(ledger, broker.bootstrap, TOPICS["events"], CONSUMER, 500, 200)
+    relay = Relay(ledger, broker.bootstrap, TOPICS["ledger"], TOPICS["rejections"])
+    stop = threading.Event()
+    result: list[ConsumeStats] = []
+    runner = threading.Thread(target=lambda: result.append(consume(ingestor, relay, should_stop=stop.is_set)))
+    runner.start()
+    try:
+        publish(broker.bootstrap, TOPICS["events"], old)
+        wait_for("the first outcomes", lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) == 200)
+        broker.lose_everything()
+        broker.create_topics("events", "ledger", "rejections")
+        publish(broker.bootstrap, TOPICS["events"], old)
+        wait_for("the outcomes again", lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) >= 200)
+        wait_for("the partitions read again", lambda: len(ingestor.resets) >= 4)
+        wait_for("the duplicates booked", lambda: ingestor.lag() == 0)
+    finally:
+        stop.set()
+        runner.join(CATCH_UP_WAIT_S)
+        ingestor.close()
+        relay.close()
+
+    assert result[0].outcomes == Counter(accepted=200, duplicate=200)
+    assert {r.partition for r in ingestor.resets} == {0, 1, 2, 3}
+    published = [v for *_, v in read_all(broker.bootstrap, TOPICS["ledger"])]
+    assert Counter(v["event_id"] for v in published) == Counter({e["event_id"]: 1 for e in old})
+    assert {(loss.topic, loss.partition) for loss in relay.losses} == {
+        (TOPICS["ledger"], 0), (TOPICS["ledger"], 1), (TOPICS["ledger"], 2), (TOPICS["ledger"], 3),
+    }
+
+
 def test_the_relay_stops_when_asked_while_the_broker_is_down(broker: Broker, database_url: str) -> None:
     """The relay process, blocked on a broker that went away with a page in flight, stops in time."""
     publish(broker.bootstrap, TOPICS["events"], events(1_000, 25))
