@@ -39,6 +39,7 @@ from consumers.topics import (
     KAFKA_BOOTSTRAP_TIMEOUT_MS,
     KAFKA_REQUEST_TIMEOUT_MS,
     ensure_topics,
+    log_start_offsets,
     partition_counts,
     records_at,
 )
@@ -299,18 +300,8 @@ class Relay:
         shorter), or if every partition is empty though the relay tracked outcomes as
         published, the lost partitions' outcomes are republished from the notification log.
         """
-        recorder = ledger_recorder(self.ledger)
-        tracked = recorder.max_tracking_id(self.name) or 0
-        stored = recorder.select_relay_marks(self.name)
-        found = records_at(
-            self.bootstrap_servers, {TopicPartition(t, p): offset for (t, p), (_, offset) in stored.items()}
-        )
-        losses = []
-        for (topic, partition), (nid, offset) in sorted(stored.items()):
-            record = found.get(TopicPartition(topic, partition))
-            if record is not None and _notification_id(record) == nid:
-                continue
-            losses.append(OutputLoss(topic, partition, nid, offset, "missing" if record is None else "different"))
+        tracked = ledger_recorder(self.ledger).max_tracking_id(self.name) or 0
+        stored, losses = self._lost_marks()
         if not stored and tracked and not any(nid for nid, _ in tails.values()):
             losses = [OutputLoss(topic, partition, 0, 0, "empty") for topic, partition in sorted(tails)]
         if not losses:
@@ -330,16 +321,34 @@ class Relay:
         """Idle: raises OutputReplaced if the broker no longer holds a recorded mark (it lost
         its log while nothing was sent); reconnecting then finds and republishes what was lost."""
         self._outputs_checked_at = time.monotonic()
-        stored = ledger_recorder(self.ledger).select_relay_marks(self.name)
+        _, losses = self._lost_marks()
+        if losses:
+            raise OutputReplaced(f"recorded marks no longer on the broker: {[(x.topic, x.partition) for x in losses]}")
+
+    def _lost_marks(self) -> tuple[dict[tuple[str, int], tuple[int, int]], list[OutputLoss]]:
+        """The relay's recorded marks on the current output partitions, and those the broker no
+        longer holds. A mark deleted by retention (the partition's log now starts after it) is
+        not a loss: the log was not replaced, only aged."""
+        partitions = {self.topics[kind]: n for kind, n in self.partition_counts.items()}
+        stored = {
+            (t, p): mark for (t, p), mark in ledger_recorder(self.ledger).select_relay_marks(self.name).items()
+            if p < partitions.get(t, 0)
+        }
         found = records_at(
             self.bootstrap_servers, {TopicPartition(t, p): offset for (t, p), (_, offset) in stored.items()}
         )
-        gone = sorted(
-            (t, p) for (t, p), (nid, _) in stored.items()
-            if (record := found.get(TopicPartition(t, p))) is None or _notification_id(record) != nid
-        )
-        if gone:
-            raise OutputReplaced(f"recorded marks no longer on the broker: {gone}")
+        absent = [TopicPartition(t, p) for t, p in stored if TopicPartition(t, p) not in found]
+        starts = log_start_offsets(self.bootstrap_servers, absent)
+        losses = []
+        for (topic, partition), (nid, offset) in sorted(stored.items()):
+            tp = TopicPartition(topic, partition)
+            record = found.get(tp)
+            if record is not None and _notification_id(record) == nid:
+                continue
+            if record is None and starts.get(tp, 0) > offset:
+                continue
+            losses.append(OutputLoss(topic, partition, nid, offset, "missing" if record is None else "different"))
+        return stored, losses
 
     def _start_replay(self, partitions: set[tuple[str, int]], end: int) -> None:
         if self._replay is not None:

@@ -109,6 +109,22 @@ def records_at(bootstrap_servers: str, offsets: dict[TopicPartition, int]) -> di
         consumer.close()
 
 
+def log_start_offsets(bootstrap_servers: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The first offset each partition still holds (above 0 once retention deleted records)."""
+    if not partitions:
+        return {}
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+    )
+    try:
+        return dict(consumer.beginning_offsets(partitions, timeout_ms=KAFKA_REQUEST_TIMEOUT_MS))
+    finally:
+        consumer.close()
+
+
 def record_fingerprint(record: ConsumerRecord) -> bytes:
     """What identifies a record whatever its offset: sha256 of its key, value and timestamp.
 
