@@ -19,6 +19,7 @@ import psycopg
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+from consumers.metrics import RETRIES
 from consumers.store import ledger_recorder
 from ledger.application import Ledger
 
@@ -93,6 +94,7 @@ class DatabaseRetry:
                     )
                     raise
                 wait_s = min(self.wait_first_s * 2 ** (attempt - 1), self.wait_max_s, self.max_s - failing_s)
+                RETRIES.labels(what).inc()
                 log.warning(
                     "database_retry", what=what, attempt=attempt, wait_s=round(wait_s, 2),
                     error_type=type(error).__name__, error=_detail(error),

@@ -8,9 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ledger.application import MESSAGE_SIZE_MAX_BYTES
-
 from consumers.retry import DB_RETRY_MAX_S
+from ledger.application import MESSAGE_SIZE_MAX_BYTES
 
 EVENTS_TOPIC = "pooling.events.v1"
 LEDGER_TOPIC = "pooling.ledger.v1"
@@ -36,12 +35,12 @@ class Settings(BaseSettings):
     consumer_mode: Literal["all", "group"] = Field(default="all", alias="POOLING_CONSUMER_MODE")
     batch_size_max: int = Field(default=2000, ge=1, le=50_000, alias="POOLING_BATCH_SIZE_MAX")
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000, alias="POOLING_POLL_TIMEOUT_MS")
+    #: seconds PostgreSQL may stay unreachable (retried with back-off) before a command gives up
+    db_retry_max_s: float = Field(default=DB_RETRY_MAX_S, ge=0, le=86_400, alias="POOLING_DB_RETRY_MAX_S")
     #: bytes; larger messages are rejected `message_too_large` without being parsed
     message_size_max: int = Field(
         default=MESSAGE_SIZE_MAX_BYTES, ge=1024, le=64 * 1024 * 1024, alias="POOLING_MESSAGE_SIZE_MAX"
     )
-    #: seconds PostgreSQL may stay unreachable (retried with back-off) before a command gives up
-    db_retry_max_s: float = Field(default=DB_RETRY_MAX_S, ge=0, le=86_400, alias="POOLING_DB_RETRY_MAX_S")
     policy_file: Path | None = Field(default=None, alias="POOLING_POLICY_FILE")
     api_token: str | None = Field(default=None, alias="POOLING_API_TOKEN")
     api_host: str = Field(default="127.0.0.1", alias="POOLING_API_HOST")
