@@ -239,7 +239,11 @@ class Ingestor:
     def _unread(self) -> int:
         if self.group and not self.assigned:
             return 1  # not in the group yet: nothing is known about what is waiting
-        ends = self.consumer.end_offsets(self.partitions)
+        try:
+            ends = self.consumer.end_offsets(self.partitions, timeout_ms=LAG_ANSWER_TIMEOUT_S * 1000)
+        except KafkaError as error:  # the broker is away (or restarting): not known to be idle
+            log.warning("ingest_lag_unknown", topic=self.topic, error=repr(error))
+            return 1
         return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions)
 
     def lag(self) -> int:
