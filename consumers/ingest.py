@@ -41,6 +41,8 @@ FETCH_MAX_BYTES = 50 * 1024 * 1024
 #: Short group timeouts: a group join takes ~3 s instead of ~23 s with kafka-python's defaults.
 GROUP_SESSION_TIMEOUT_MS = 6000
 GROUP_HEARTBEAT_INTERVAL_MS = 1000
+#: Wait before polling again after a transient (retriable) Kafka error.
+FETCH_RETRY_S = 1.0
 #: Wait before checking positions again when the broker could not be asked.
 POSITION_CHECK_RETRY_S = 1.0
 #: kafka-python's sensor recording each connection a client makes.
@@ -341,7 +343,16 @@ class _Fetcher(threading.Thread):
                 if self._lag_request.is_set():
                     self._lag_request.clear()
                     self._lag_answer.put(self.ingestor._unread() + self._queued())
-                batch = self.ingestor._fetch()
+                try:
+                    batch = self.ingestor._fetch()
+                except KafkaError as error:
+                    if not error.retriable:
+                        raise
+                    # the broker is away or restarting: the positions are kept, and checked
+                    # (by fingerprint) once a new connection is made
+                    log.warning("ingest_fetch_retry", topic=self.ingestor.topic, error=repr(error))
+                    self.stopping.wait(FETCH_RETRY_S)
+                    continue
                 while batch is not None and not self.stopping.is_set():
                     try:
                         self.batches.put(batch, timeout=FETCHER_WAIT_S)
