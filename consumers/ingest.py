@@ -24,6 +24,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.metrics.stats.total import Total
 
+from consumers import metrics
 from consumers.store import ledger_recorder
 from consumers.topics import record_fingerprint, records_at
 from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
@@ -33,6 +34,8 @@ log = structlog.get_logger("consumers.ingest")
 METADATA_WAIT_S = 30
 #: Batches read ahead while one is booked; a bound on memory and on work redone after a crash.
 PREFETCH_BATCHES_MAX = 2
+#: How often the fetcher refreshes the consumer-lag gauges (one end-offsets request).
+LAG_METRIC_INTERVAL_S = 5.0
 FETCHER_WAIT_S = 0.2
 FETCHER_JOIN_TIMEOUT_S = 10
 LAG_ANSWER_TIMEOUT_S = 5
@@ -187,7 +190,10 @@ class Ingestor:
         if self._unsaved is None:
             return []
         inbound, positions = self._unsaved
+        started_s = time.monotonic()
         outcomes = self.ledger.record_batch(inbound, positions=positions)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started_s)
+        metrics.record_outcomes(outcomes)
         self._unsaved = None
         return outcomes
 
@@ -246,7 +252,9 @@ class Ingestor:
         except KafkaError as error:  # the broker is away (or restarting): not known to be idle
             log.warning("ingest_lag_unknown", topic=self.topic, error=repr(error))
             return 1
-        return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions)
+        lags = {tp: max(0, ends[tp] - self.consumer.position(tp)) for tp in self.partitions}
+        metrics.record_lag({(tp.topic, tp.partition): lag for tp, lag in lags.items()})
+        return sum(lags.values())
 
     def lag(self) -> int:
         """Messages on the broker not yet booked by this consumer (read ahead or not)."""
@@ -336,6 +344,7 @@ class _Fetcher(threading.Thread):
         self.error: Exception | None = None
         self._lag_request = threading.Event()
         self._lag_answer: queue.Queue[int] = queue.Queue(maxsize=1)
+        self._lag_measured_s = float("-inf")  # measured on the first round
 
     def run(self) -> None:
         try:
@@ -343,6 +352,10 @@ class _Fetcher(threading.Thread):
                 if self._lag_request.is_set():
                     self._lag_request.clear()
                     self._lag_answer.put(self.ingestor._unread() + self._queued())
+                    self._lag_measured_s = time.monotonic()
+                elif time.monotonic() - self._lag_measured_s >= LAG_METRIC_INTERVAL_S:
+                    self.ingestor._unread()  # keeps the per-partition lag gauges current
+                    self._lag_measured_s = time.monotonic()
                 try:
                     batch = self.ingestor._fetch()
                 except KafkaError as error:

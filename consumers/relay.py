@@ -71,6 +71,8 @@ RELAY_STOP_WAIT_S = 3.0
 #: broker that restarted empty while nothing was being sent is noticed within this.
 OUTPUT_CHECK_INTERVAL_S = 5.0
 ERROR_CHARS_MAX = 300
+#: The relay's name in the tracking table (and its lease), unless told otherwise.
+RELAY_NAME = "relay"
 NOTIFICATION_HEADER = "ledger-notification-id"
 RECEIPT_TOPICS = (
     get_topic(Receipt.Accepted),
@@ -212,7 +214,7 @@ class Relay:
 
     def __init__(
         self, ledger: Ledger, bootstrap_servers: str, ledger_topic: str, rejections_topic: str,
-        name: str = "relay", *, should_stop: Callable[[], bool] | None = None,
+        name: str = RELAY_NAME, *, should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.ledger = ledger
         self.name = name

@@ -109,6 +109,15 @@ def consume(
         float | None,
         typer.Option(help="Stop once no message arrived for this many seconds and the lag is 0."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535,
+            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (events by fate and "
+            "reason, unprocessable, batch latency, consumer lag per partition, relay backlog, "
+            "projection lag, retries).",
+        ),
+    ] = None,
 ) -> None:
     """Consume pooling.events.v1 into the ledger and publish outcomes, until SIGTERM/SIGINT.
 
@@ -128,6 +137,8 @@ def consume(
     stop = _stop_flag()
     with database(settings) as url, kafka(settings) as bootstrap:
         ledger = open_ledger(url, _seed_policy(settings))
+        if metrics_port is not None:
+            _serve_consumer_metrics(metrics_port, ledger, url)
         ingestor = Ingestor(
             ledger, bootstrap, settings.events_topic, settings.consumer_group,
             settings.batch_size_max, settings.poll_timeout_ms, group=settings.consumer_mode == "group",
@@ -147,6 +158,38 @@ def consume(
             ingestor.close()
             ledger.close()
     typer.echo(json.dumps({"batches": stats.batches, **dict(stats.outcomes)}))
+
+
+def _serve_consumer_metrics(port: int, ledger: Any, url: str) -> None:
+    """The consumer's metrics, plus two figures read from PostgreSQL at each scrape."""
+    import psycopg
+
+    from consumers.metrics import REGISTRY, ReadingCollector, serve_metrics
+    from consumers.relay import RELAY_NAME
+    from consumers.store import ledger_recorder
+    from projections.projector import lag as projection_lag
+
+    recorder = ledger_recorder(ledger)
+
+    def relay_backlog() -> int:
+        last = recorder.max_notification_id() or 0
+        return max(0, last - (recorder.max_tracking_id(RELAY_NAME) or 0))
+
+    def projection_lag_now() -> int | None:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            exists = conn.execute("SELECT to_regclass('pl_tracking') IS NOT NULL").fetchone()
+            return projection_lag(conn) if exists and exists[0] else None
+
+    REGISTRY.register(ReadingCollector({
+        "pooling_relay_backlog_notifications": (
+            "Notifications recorded and not yet gone through the relay to the outcome topics.",
+            relay_backlog,
+        ),
+        "pooling_projection_lag_notifications": (
+            "Notifications the read tables have not applied yet.", projection_lag_now,
+        ),
+    }))
+    serve_metrics(port)
 
 
 @app.command()

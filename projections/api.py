@@ -28,8 +28,9 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from psycopg_pool import ConnectionPool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -178,6 +179,11 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     def health(conn: Conn) -> dict[str, Any]:
         """Liveness and the projection lag (notifications the read tables have not applied yet)."""
         return queries.health(conn)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(conn: Conn) -> PlainTextResponse:
+        """Prometheus metrics of the read side, read from the read tables at each scrape."""
+        return PlainTextResponse(queries.metrics_text(conn), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from ledger import accounts
 from ledger.aggregates import (
@@ -417,3 +418,32 @@ def health(conn: Conn) -> dict[str, Any]:
         "projection_position": int(position[0]) if position else 0,
         "unprocessable": int(unprocessable[0]) if unprocessable else 0,
     }
+
+
+def metrics_text(conn: Conn) -> str:
+    """The read side's figures in Prometheus' text format: `/health`'s, and the fates by reason."""
+    registry = CollectorRegistry()
+    figures = health(conn)
+    Gauge(
+        "pooling_projection_lag_notifications",
+        "Notifications the ledger recorded and the read tables have not applied yet.",
+        registry=registry,
+    ).set(figures["projection_lag"])
+    Gauge(
+        "pooling_projection_position", "Notification id the read tables have applied up to.",
+        registry=registry,
+    ).set(figures["projection_position"])
+    Gauge(
+        "pooling_unprocessable_events",
+        "Messages rejected `unprocessable` (the ledger's code failed on them), as projected.",
+        registry=registry,
+    ).set(figures["unprocessable"])
+    rejected = Gauge(
+        "pooling_rejected_events", "Rejected messages by reason, as projected.", ("reason",),
+        registry=registry,
+    )
+    for reason, count in conn.execute(
+        "SELECT reason, sum(count) FROM pl_rejections GROUP BY reason ORDER BY reason"
+    ).fetchall():
+        rejected.labels(reason).set(int(count))
+    return generate_latest(registry).decode()
