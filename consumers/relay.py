@@ -244,6 +244,7 @@ class Relay:
         Whoever takes the lease over first reads where the last holder stopped publishing.
         """
         if self._lease is not None and not self._lease.alive():
+            self._lease.release()  # gives its broken connection back, so the pool replaces it
             self._lease = None
         if self._lease is None:
             self._lease = ledger_recorder(self.ledger).try_lease(f"pooling-ledger:relay:{self.name}")

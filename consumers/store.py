@@ -134,8 +134,12 @@ class LedgerRecorder(PostgresProcessRecorder):
         pool = self.datastore.pool
         pool.open()
         conn = pool.getconn()
-        conn.autocommit = True
-        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS locked", (key,)).fetchone()
+        try:
+            conn.autocommit = True
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS locked", (key,)).fetchone()
+        except psycopg.Error:
+            pool.putconn(conn)  # PostgreSQL is away: the caller retries, the pool keeps its size
+            raise
         if row and row["locked"]:
             return Lease(pool, conn, key)
         pool.putconn(conn)
