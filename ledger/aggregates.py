@@ -14,7 +14,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent
 from eventsourcing.domain import Snapshot as AggregateSnapshot
 
-from ledger import accounts
+from ledger import accounts, formulas
 from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
@@ -227,7 +227,7 @@ class Fund(Aggregate):
         self, fiscal_year: int, amount_fen: int, base_fen: int, rate_bp: int
     ) -> None:
         """X2: a city's extractions for a year stay within rate x last year's collected income."""
-        allowed_fen = base_fen * rate_bp // 10_000
+        allowed_fen = formulas.extraction_cap_fen(base_fen, rate_bp)
         extracted_fen = self.total_fen(fiscal_year, EXTRACTION_CATEGORY)
         if extracted_fen + amount_fen > allowed_fen:
             raise Rejected(
@@ -249,14 +249,14 @@ class Fund(Aggregate):
         self, amount_fen: int, province_income_fen: int, pause_ratio_bp: int, fiscal_year: int
     ) -> None:
         """X4: the adjustment fund stops taking extractions at its ceiling, and never passes it."""
-        ceiling_fen = province_income_fen * pause_ratio_bp // 10_000
+        ceiling_fen = formulas.adjustment_fund_ceiling_fen(province_income_fen, pause_ratio_bp)
         facts = {
             "province_income_fen": province_income_fen,
             "pause_ratio_bp": pause_ratio_bp,
             "ceiling_fen": ceiling_fen,
             "balance_fen": self.balance_fen,
         }
-        if self.balance_fen >= ceiling_fen:
+        if formulas.extraction_paused(self.balance_fen, ceiling_fen):
             raise Rejected(
                 Reason.extraction_paused,
                 "X4",
@@ -347,11 +347,12 @@ class Fund(Aggregate):
         ledger's own totals.
         """
         previous = fiscal_year - 1
-        if self.opening is not None and self.opening["fiscal_year"] == fiscal_year:
-            return self.opening["previous_year_income_fen"]
-        if previous in self.closed_years:
-            return self.closed_years[previous]
-        return self.collected_income_fen(previous, with_subsidies)
+        opening = self.opening or {}
+        return formulas.extraction_base_fen(
+            opening.get("previous_year_income_fen") if opening.get("fiscal_year") == fiscal_year else None,
+            self.closed_years.get(previous),
+            self.collected_income_fen(previous, with_subsidies),
+        )
 
     def gap_fen(self, fiscal_year: int) -> int:
         """X5: expenditure - income of the year so far (claims vs contributions, subsidies, interest)."""

@@ -14,7 +14,7 @@ from uuid import UUID
 import psycopg
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from ledger import accounts
+from ledger import accounts, formulas
 from ledger.aggregates import (
     ALLOCATION_CATEGORY,
     CLAIM_PREFIX,
@@ -183,25 +183,34 @@ def daily(conn: Conn, account: str, start: date | None = None, end: date | None 
 
 
 def extraction_bases_fen(conn: Conn, fiscal_year: int, with_subsidies: bool) -> dict[str, int]:
-    """Every fund's collected income of `fiscal_year - 1`, chosen as `Fund.extraction_base_fen` does:
-    the go-live opening's audited figure, else the figure its year close fixed, else its totals."""
+    """Every fund's extraction base for `fiscal_year` (its collected income of the year before),
+    by `formulas.extraction_base_fen` from the three figures the read tables keep."""
     prefixes = [CONTRIBUTION_PREFIX + "%"] + ([SUBSIDY_PREFIX + "%"] if with_subsidies else [])
-    bases: dict[str, int] = defaultdict(int)
-    for account, total in conn.execute(
+    collected = _figures(
+        conn,
         "SELECT account, sum(amount_fen) FROM pl_postings WHERE fiscal_year = %s"
         " AND category LIKE ANY(%s) GROUP BY account",
         (fiscal_year - 1, prefixes),
-    ):
-        bases[account] = int(total)
-    for account, income in conn.execute(
-        "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (fiscal_year - 1,)
-    ):
-        bases[account] = int(income)
-    for account, income in conn.execute(
-        "SELECT account, previous_year_income_fen FROM pl_openings WHERE fiscal_year = %s", (fiscal_year,)
-    ):
-        bases[account] = int(income)
-    return bases
+    )
+    closed = _figures(
+        conn, "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (fiscal_year - 1,)
+    )
+    openings = _figures(
+        conn,
+        "SELECT account, previous_year_income_fen FROM pl_openings WHERE fiscal_year = %s",
+        (fiscal_year,),
+    )
+    return {
+        account: formulas.extraction_base_fen(
+            openings.get(account), closed.get(account), collected.get(account, 0)
+        )
+        for account in collected.keys() | closed.keys() | openings.keys()
+    }
+
+
+def _figures(conn: Conn, sql: str, params: tuple[Any, ...]) -> dict[str, int]:
+    """An `account -> fen` map from a query of two columns."""
+    return {account: int(fen) for account, fen in conn.execute(sql, params)}
 
 
 def fund_balances_fen(conn: Conn, as_of: datetime | None) -> dict[str, int]:
@@ -229,17 +238,15 @@ def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> di
     with_subsidies = policy.extraction_base == ExtractionBase.contributions_and_subsidies
     balances = fund_balances_fen(conn, as_of)
     bases = extraction_bases_fen(conn, year, with_subsidies)
-    closed = dict(
-        conn.execute(
-            "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (year - 1,)
-        ).fetchall()
+    closed = _figures(
+        conn, "SELECT account, income_fen FROM pl_closed_years WHERE fiscal_year = %s", (year - 1,)
     )
     schemes = []
     for scheme in Scheme:
         province = accounts.province_adjustment(scheme)
         city_accounts = [accounts.city_pooling(c, scheme) for c in policy.cities]
-        income = int(closed[province]) if province in closed else sum(bases.get(a, 0) for a in city_accounts)
-        ceiling = income * policy.pause_ratio_bp // 10_000
+        income = formulas.province_income_fen(closed.get(province), (bases.get(a, 0) for a in city_accounts))
+        ceiling = formulas.adjustment_fund_ceiling_fen(income, policy.pause_ratio_bp)
         fund_fen = balances.get(province, 0)
         city_fen = sum(balances.get(a, 0) for a in city_accounts)
         flows = fund_year(conn, province, year, moment)
@@ -252,7 +259,7 @@ def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> di
                 "pause_ratio_bp": policy.pause_ratio_bp,
                 "ceiling_fen": ceiling,
                 "headroom_fen": max(0, ceiling - fund_fen),
-                "extraction_paused": fund_fen >= ceiling,
+                "extraction_paused": formulas.extraction_paused(fund_fen, ceiling),
                 "extracted_fen": flows["income"].get(EXTRACTION_CATEGORY, 0)
                 - flows["expenditure"].get(EXTRACTION_CATEGORY, 0),
                 "allocated_fen": flows["expenditure"].get(ALLOCATION_CATEGORY, 0)
@@ -280,8 +287,8 @@ def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] 
     income = sum(v for k, v in flows["income"].items() if not k.startswith((ALLOCATION_CATEGORY, PRIOR_YEAR_PREFIX)))
     claims = sum(v for k, v in flows["expenditure"].items() if k.startswith(CLAIM_PREFIX))
     planned = {"income_fen": int(row[0]), "expenditure_fen": int(row[1]), "kind": row[2]} if row else None
-    execution_bp = claims * 10_000 // planned["expenditure_fen"] if planned and planned["expenditure_fen"] else None
-    flag = "no_budget" if planned is None else ("over_budget" if execution_bp and execution_bp > 10_000 else None)
+    execution_bp = formulas.budget_execution_bp(claims, planned["expenditure_fen"]) if planned else None
+    flag = "no_budget" if planned is None else ("over_budget" if formulas.is_over_budget(execution_bp) else None)
     return {
         "city": city,
         "name": names[city],
@@ -290,7 +297,7 @@ def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] 
         "budget": planned,
         "actual": {"income_fen": income, "expenditure_fen": claims},
         "execution_bp": execution_bp,
-        "execution_pct": f"{execution_bp // 100}.{execution_bp % 100:02d}" if execution_bp is not None else None,
+        "execution_pct": formulas.percent_text(execution_bp) if execution_bp is not None else None,
         "flag": flag,
     }
 
@@ -332,9 +339,9 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
                 (account, CLAIM_PREFIX + "%", window_start, moment),
             ).fetchone()
             months = _months_spanned(first_day, day) if first_day else RISK_WINDOW_MONTHS
-            monthly = int(claims) // months
+            monthly = formulas.monthly_expenditure_fen(int(claims), months)
             balance = balance_fen(conn, account, moment)
-            covered = balance * 100 // monthly if monthly > 0 else None
+            covered = formulas.months_covered_hundredths(balance, monthly)
             rows.append(
                 {
                     "city": city,
@@ -343,23 +350,11 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
                     "balance_fen": balance,
                     "monthly_expenditure_fen": monthly,
                     "months_covered_hundredths": covered,
-                    "months_covered": f"{covered // 100}.{covered % 100:02d}" if covered is not None else None,
-                    "level": _risk_level(covered, low, high),
+                    "months_covered": formulas.hundredths_text(covered) if covered is not None else None,
+                    "level": formulas.risk_level(covered, low, high),
                 }
             )
     return {"as_of": moment.isoformat(), "band": {"low_months": low, "high_months": high}, "rows": rows}
-
-
-def _risk_level(covered_hundredths: int | None, low: int, high: int) -> str:
-    if covered_hundredths is None:
-        return "no_expenditure"
-    if covered_hundredths < low * 50:
-        return "critical"
-    if covered_hundredths < low * 100:
-        return "low"
-    if covered_hundredths > high * 100:
-        return "high"
-    return "ok"
 
 
 def _months_before(day: date, months: int) -> date:
