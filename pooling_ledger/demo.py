@@ -18,7 +18,7 @@ from consumers.relay import Relay
 from consumers.runner import consume
 from consumers.store import open_ledger
 from consumers.topics import read_topic
-from ledger import accounts
+from ledger import accounts, formulas
 from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, fold
 from ledger.policy import load_packaged_policy
@@ -170,8 +170,8 @@ def city_balances(ledger: Ledger, cities: dict[str, str], year: int) -> list[dic
                 row[f"{scheme}_allocated_fen"] = fund.total_fen(year, "allocation")
                 budget = fund.budgets.get(year)
                 row[f"{scheme}_budget_execution_bp"] = (
-                    fund.claims_paid_fen(year) * 10_000 // budget["expenditure_fen"]
-                    if budget and budget["expenditure_fen"] else None
+                    formulas.budget_execution_bp(fund.claims_paid_fen(year), budget["expenditure_fen"])
+                    if budget else None
                 )
         rows.append(row)
     return rows
@@ -199,7 +199,7 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
             _yuan(row["employee_balance_fen"]), _yuan(row["resident_balance_fen"]),
             _yuan(row.get("employee_extracted_fen", 0) + row.get("resident_extracted_fen", 0)),
             _yuan(row.get("resident_allocated_fen", 0)),
-            f"{execution / 100:.2f} %" if execution is not None else "-",
+            f"{formulas.percent_text(execution)} %" if execution is not None else "-",
         )
     console.print(table)
     funds = Table(title="Provincial adjustment funds (yuan)")

@@ -18,7 +18,7 @@ from eventsourcing.utils import get_topic
 from psycopg.types.json import Jsonb
 
 from ledger import accounts
-from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.aggregates import CLAIM_PREFIX, Fund, PolicyBook, Receipt
 from ledger.application import Ledger
 from ledger.clock import business_date_of
 
@@ -62,6 +62,13 @@ class _Page:
         self.postings: list[tuple[Any, ...]] = []
         self.balances: dict[str, int] = defaultdict(int)
         self.daily: dict[tuple[str, Any], int] = defaultdict(int)
+        # (fiscal year, account, category, sub-category or "") -> [net fen, postings]
+        self.year_totals: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        # (account, first day of the business month) -> [net fen, postings] of claim postings
+        self.monthly_claims: dict[tuple[str, Any], list[int]] = defaultdict(lambda: [0, 0])
+        # postings whose sub-category is their original's, known once the postings are written:
+        # (account, notification_id, fiscal year, category, fen)
+        self.unresolved: list[tuple[str, int, int, str, int]] = []
         self.events: list[tuple[Any, ...]] = []
         self.rejections: dict[tuple[str, str], int] = defaultdict(int)
         self.budgets: list[tuple[Any, ...]] = []
@@ -108,11 +115,45 @@ class _Page:
             )
             self.balances[account] += amount
             self.daily[(account, day)] += amount
+            self._total(notification_id, account, transfer, subcategory, amount, day)
         if event.event_type == "OpeningBalanceRecorded":
             self.openings.append(
                 (transfer["credit_account"], payload["fiscal_year"], payload["balance_fen"],
                  payload["previous_year_income_fen"])
             )
+
+    def _total(
+        self, notification_id: int, account: str, transfer: dict[str, Any], subcategory: str | None,
+        amount: int, day: Any,
+    ) -> None:
+        """Adds one posting to the tables the read API answers from."""
+        category = transfer["category"]
+        if category.startswith(CLAIM_PREFIX):
+            month = self.monthly_claims[(account, day.replace(day=1))]
+            month[0] += amount
+            month[1] += 1
+        if subcategory is None and transfer.get("reversal_of"):
+            self.unresolved.append((account, notification_id, transfer["fiscal_year"], category, amount))
+            return
+        total = self.year_totals[(transfer["fiscal_year"], account, category, subcategory or "")]
+        total[0] += amount
+        total[1] += 1
+
+    def _resolve_subcategories(self, cur: psycopg.Cursor[Any]) -> None:
+        """A reversal's postings take their original's sub-category in SQL (see `write`): read it back."""
+        if not self.unresolved:
+            return
+        cur.execute(
+            "SELECT p.account, p.notification_id, coalesce(p.subcategory, '') FROM pl_postings p"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS k(account, notification_id)"
+            " ON p.account = k.account AND p.notification_id = k.notification_id",
+            ([u[0] for u in self.unresolved], [u[1] for u in self.unresolved]),
+        )
+        subcategories = {(a, n): s for a, n, s in cur.fetchall()}
+        for account, notification_id, fiscal_year, category, amount in self.unresolved:
+            total = self.year_totals[(fiscal_year, account, category, subcategories[(account, notification_id)])]
+            total[0] += amount
+            total[1] += 1
 
     def _fate(
         self, notification_id: int, event: Any, status: str, reason: str | None, detail: str | None
@@ -134,6 +175,20 @@ class _Page:
                 " (SELECT o.subcategory FROM pl_postings o WHERE o.event_id = %s AND o.account = %s"
                 " LIMIT 1)), %s,%s,%s,%s)",
                 self.postings,
+            )
+            self._resolve_subcategories(cur)
+            cur.executemany(
+                "INSERT INTO pl_account_year_totals VALUES (%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (fiscal_year, account, category, subcategory) DO UPDATE SET"
+                " amount_fen = pl_account_year_totals.amount_fen + EXCLUDED.amount_fen,"
+                " postings = pl_account_year_totals.postings + EXCLUDED.postings",
+                [(*k, fen, n) for k, (fen, n) in sorted(self.year_totals.items())],
+            )
+            cur.executemany(
+                "INSERT INTO pl_account_monthly_claims VALUES (%s,%s,%s,%s) ON CONFLICT (account, month)"
+                " DO UPDATE SET amount_fen = pl_account_monthly_claims.amount_fen + EXCLUDED.amount_fen,"
+                " postings = pl_account_monthly_claims.postings + EXCLUDED.postings",
+                [(*k, fen, n) for k, (fen, n) in sorted(self.monthly_claims.items())],
             )
             cur.executemany(
                 "INSERT INTO pl_account_balances VALUES (%s, %s) ON CONFLICT (account) DO UPDATE"

@@ -91,11 +91,19 @@ def balance_fen(conn: Conn, account: str, as_of: datetime | None = None) -> int:
     if as_of is None:
         row = conn.execute("SELECT balance_fen FROM pl_account_balances WHERE account = %s", (account,)).fetchone()
     else:
-        row = conn.execute(
-            "SELECT coalesce(sum(amount_fen), 0) FROM pl_postings WHERE account = %s AND occurred_at <= %s",
-            (account, as_of),
-        ).fetchone()
+        return balances_at_fen(conn, [account], as_of).get(account, 0)
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def balances_at_fen(conn: Conn, accounts_: list[str], as_of: datetime) -> dict[str, int]:
+    """The balances of `accounts_` at `as_of`: today's, less what was posted after `as_of`."""
+    rows = conn.execute(
+        "SELECT account, sum(amount_fen) FROM (SELECT account, balance_fen AS amount_fen"
+        " FROM pl_account_balances WHERE account = ANY(%s) UNION ALL SELECT account, -amount_fen"
+        " FROM pl_postings WHERE account = ANY(%s) AND occurred_at > %s) AS t GROUP BY account",
+        (accounts_, accounts_, as_of),
+    ).fetchall()
+    return {a: int(b) for a, b in rows}
 
 
 def _side(category: str) -> str | None:
@@ -110,20 +118,33 @@ def _side(category: str) -> str | None:
 
 def fund_year(conn: Conn, account: str, fiscal_year: int, as_of: datetime | None = None) -> dict[str, dict[str, int]]:
     """Income and expenditure of a fund in a fiscal year by category, net of reversals."""
+    return funds_year(conn, [account], fiscal_year, as_of).get(account) or {"income": {}, "expenditure": {}}
+
+
+def funds_year(
+    conn: Conn, accounts_: list[str], fiscal_year: int, as_of: datetime | None = None
+) -> dict[str, dict[str, dict[str, int]]]:
+    """`fund_year` of several funds in one query: the year's totals, less what was posted after
+    `as_of` (a category counts when any of its postings was made by then)."""
     rows = conn.execute(
-        "SELECT category, subcategory, sum(amount_fen) FROM pl_postings"
-        " WHERE account = %s AND fiscal_year = %s AND occurred_at <= %s"
-        " GROUP BY category, subcategory ORDER BY category, subcategory",
-        (account, fiscal_year, as_of or now()),
+        "SELECT account, category, nullif(subcategory, '') AS sub, sum(amount_fen) FROM ("
+        " SELECT account, category, subcategory, amount_fen, postings FROM pl_account_year_totals"
+        " WHERE fiscal_year = %s AND account = ANY(%s) UNION ALL"
+        " SELECT account, category, coalesce(subcategory, ''), -amount_fen, -1 FROM pl_postings"
+        " WHERE account = ANY(%s) AND occurred_at > %s AND fiscal_year = %s) AS t"
+        " GROUP BY account, category, subcategory HAVING sum(postings) > 0"
+        " ORDER BY account, category, sub",
+        (fiscal_year, accounts_, accounts_, as_of or now(), fiscal_year),
     ).fetchall()
-    result: dict[str, dict[str, int]] = {"income": {}, "expenditure": {}}
-    for category, subcategory, total in rows:
+    flows: dict[str, dict[str, dict[str, int]]] = {}
+    for account, category, subcategory, total in rows:
+        result = flows.setdefault(account, {"income": {}, "expenditure": {}})
         side = _side(category)
         if side is None:
             continue
         key = f"{category}.{subcategory}" if subcategory else category
         result[side][key] = result[side].get(key, 0) + (int(total) if side == "income" else -int(total))
-    return result
+    return flows
 
 
 def city_balances(conn: Conn, city: str, scheme: str | None, as_of: datetime | None) -> dict[str, Any]:
@@ -188,7 +209,7 @@ def extraction_bases_fen(conn: Conn, fiscal_year: int, with_subsidies: bool) -> 
     prefixes = [CONTRIBUTION_PREFIX + "%"] + ([SUBSIDY_PREFIX + "%"] if with_subsidies else [])
     collected = _figures(
         conn,
-        "SELECT account, sum(amount_fen) FROM pl_postings WHERE fiscal_year = %s"
+        "SELECT account, sum(amount_fen) FROM pl_account_year_totals WHERE fiscal_year = %s"
         " AND category LIKE ANY(%s) GROUP BY account",
         (fiscal_year - 1, prefixes),
     )
@@ -214,19 +235,19 @@ def _figures(conn: Conn, sql: str, params: tuple[Any, ...]) -> dict[str, int]:
 
 
 def fund_balances_fen(conn: Conn, as_of: datetime | None) -> dict[str, int]:
-    """Every fund account's balance at `as_of` (now when None), in one query."""
+    """Every fund account's balance at `as_of` (now when None)."""
     if as_of is None:
         rows = conn.execute(
             "SELECT account, balance_fen FROM pl_account_balances"
             " WHERE account LIKE 'city:%%' OR account LIKE 'province:%%'"
         ).fetchall()
-    else:
-        rows = conn.execute(
-            "SELECT account, sum(amount_fen) FROM pl_postings WHERE occurred_at <= %s"
-            " AND (account LIKE 'city:%%' OR account LIKE 'province:%%') GROUP BY account",
-            (as_of,),
-        ).fetchall()
-    return {a: int(b) for a, b in rows}
+        return {a: int(b) for a, b in rows}
+    funds = [
+        a for (a,) in conn.execute(
+            "SELECT account FROM pl_account_balances WHERE account LIKE 'city:%%' OR account LIKE 'province:%%'"
+        )
+    ]
+    return balances_at_fen(conn, funds, as_of)
 
 
 def province_summary(conn: Conn, year: int | None, as_of: datetime | None) -> dict[str, Any]:
@@ -284,6 +305,13 @@ def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] 
         (city, scheme, year),
     ).fetchone()
     flows = fund_year(conn, accounts.city_pooling(city, scheme), year, now())
+    return _budget_row(city, names[city], scheme, year, row, flows)
+
+
+def _budget_row(
+    city: str, name: str, scheme: str, year: int, row: Any, flows: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """One fund's budget execution: `row` is its pl_budgets (income, expenditure, kind) or None."""
     income = sum(v for k, v in flows["income"].items() if not k.startswith((ALLOCATION_CATEGORY, PRIOR_YEAR_PREFIX)))
     claims = sum(v for k, v in flows["expenditure"].items() if k.startswith(CLAIM_PREFIX))
     planned = {"income_fen": int(row[0]), "expenditure_fen": int(row[1]), "kind": row[2]} if row else None
@@ -291,7 +319,7 @@ def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] 
     flag = "no_budget" if planned is None else ("over_budget" if formulas.is_over_budget(execution_bp) else None)
     return {
         "city": city,
-        "name": names[city],
+        "name": name,
         "scheme": scheme,
         "fiscal_year": year,
         "budget": planned,
@@ -304,7 +332,24 @@ def budget(conn: Conn, city: str, scheme: str, year: int, names: dict[str, str] 
 
 def budgets(conn: Conn, year: int) -> dict[str, Any]:
     names = cities(conn)
-    rows = [budget(conn, c, s.value, year, names) for c in names for s in Scheme]
+    planned = {
+        (city, scheme): (income, expenditure, kind)
+        for city, scheme, income, expenditure, kind in conn.execute(
+            "SELECT city, scheme, income_fen, expenditure_fen, kind FROM pl_budgets WHERE fiscal_year = %s",
+            (year,),
+        )
+    }
+    funds = [accounts.city_pooling(c, s) for c in names for s in Scheme]
+    flows = funds_year(conn, funds, year, now())
+    empty: dict[str, dict[str, int]] = {"income": {}, "expenditure": {}}
+    rows = [
+        _budget_row(
+            c, names[c], s.value, year, planned.get((c, s.value)),
+            flows.get(accounts.city_pooling(c, s), empty),
+        )
+        for c in names
+        for s in Scheme
+    ]
     return {
         "year": year,
         "rows": rows,
@@ -329,18 +374,17 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
         return {"as_of": moment.isoformat(), "band": None, "rows": []}
     low, high = policy.risk_band.low_months, policy.risk_band.high_months
     window_start = _months_before(day, RISK_WINDOW_MONTHS - 1)  # 12 months, this one included
+    funds = [accounts.city_pooling(city, scheme) for city in policy.cities for scheme in Scheme]
+    claims = _claims_in_window(conn, funds, window_start, moment)
+    balances = balances_at_fen(conn, funds, moment)
     rows = []
     for city, name in policy.cities.items():
         for scheme in Scheme:
             account = accounts.city_pooling(city, scheme)
-            claims, first_day = conn.execute(
-                "SELECT coalesce(-sum(amount_fen), 0), min(business_date) FROM pl_postings"
-                " WHERE account = %s AND category LIKE %s AND business_date > %s AND occurred_at <= %s",
-                (account, CLAIM_PREFIX + "%", window_start, moment),
-            ).fetchone()
-            months = _months_spanned(first_day, day) if first_day else RISK_WINDOW_MONTHS
-            monthly = formulas.monthly_expenditure_fen(int(claims), months)
-            balance = balance_fen(conn, account, moment)
+            claims_fen, first_month = claims.get(account, (0, None))
+            months = _months_spanned(first_month, day) if first_month else RISK_WINDOW_MONTHS
+            monthly = formulas.monthly_expenditure_fen(claims_fen, months)
+            balance = balances.get(account, 0)
             covered = formulas.months_covered_hundredths(balance, monthly)
             rows.append(
                 {
@@ -355,6 +399,29 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
                 }
             )
     return {"as_of": moment.isoformat(), "band": {"low_months": low, "high_months": high}, "rows": rows}
+
+
+def _claims_in_window(
+    conn: Conn, funds: list[str], window_start: date, as_of: datetime
+) -> dict[str, tuple[int, date | None]]:
+    """Per fund, the claims paid on business days after `window_start` and by `as_of`, and the
+    first month that has any: the months' totals, less the claim postings after `as_of`."""
+    rows = conn.execute(
+        "SELECT account, month, sum(amount_fen), sum(postings) FROM ("
+        " SELECT account, month, amount_fen, postings FROM pl_account_monthly_claims"
+        " WHERE account = ANY(%s) AND month > %s UNION ALL"
+        " SELECT account, date_trunc('month', business_date)::date, -amount_fen, -1 FROM pl_postings"
+        " WHERE account = ANY(%s) AND occurred_at > %s AND category LIKE %s AND business_date > %s"
+        ") AS t GROUP BY account, month",
+        (funds, window_start, funds, as_of, CLAIM_PREFIX + "%", window_start),
+    ).fetchall()
+    claims: dict[str, tuple[int, date | None]] = {}
+    for account, month, amount_fen, postings in rows:
+        paid_fen, first = claims.get(account, (0, None))
+        if postings > 0:
+            first = month if first is None else min(first, month)
+        claims[account] = (paid_fen - int(amount_fen), first)
+    return claims
 
 
 def _months_before(day: date, months: int) -> date:

@@ -28,7 +28,8 @@ WRITER_ROLE = "pooling_ledger"
 EVENTS_TABLE = "ledger_events"
 READ_TABLES = (
     "pl_tracking", "pl_postings", "pl_account_balances", "pl_account_daily", "pl_events",
-    "pl_rejections", "pl_budgets", "pl_openings", "pl_closed_years", "pl_policies", EVENTS_TABLE,
+    "pl_rejections", "pl_budgets", "pl_openings", "pl_closed_years", "pl_policies",
+    "pl_account_year_totals", "pl_account_monthly_claims", EVENTS_TABLE,
 )
 #: Privileges of the writer on the event table (see the module's docstring for UPDATE).
 EVENTS_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE"

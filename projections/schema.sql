@@ -89,3 +89,42 @@ CREATE TABLE IF NOT EXISTS pl_policies (
     policy jsonb NOT NULL,
     PRIMARY KEY (effective_from, notification_id)
 );
+
+-- The figures the read API answers from, kept per page beside pl_postings so no request
+-- scans it. Each row carries the postings it sums, so an `as_of` view subtracts the
+-- postings after its instant and still knows which groups had any.
+
+-- Net per account, fiscal year, category and sub-category ('' for none).
+CREATE TABLE IF NOT EXISTS pl_account_year_totals (
+    fiscal_year integer NOT NULL,
+    account text NOT NULL,
+    category text NOT NULL,
+    subcategory text NOT NULL,
+    amount_fen bigint NOT NULL,
+    postings bigint NOT NULL,
+    PRIMARY KEY (fiscal_year, account, category, subcategory)
+);
+
+-- Net claim postings (categories `claim.*`) per account and business month (B4's window).
+CREATE TABLE IF NOT EXISTS pl_account_monthly_claims (
+    account text NOT NULL,
+    month date NOT NULL,
+    amount_fen bigint NOT NULL,
+    postings bigint NOT NULL,
+    PRIMARY KEY (account, month)
+);
+
+-- A store projected before these tables existed gets them filled from its postings once
+-- (no page may land in between: hence the lock). Every posting has a year total, so empty
+-- year totals beside postings mean exactly that.
+LOCK TABLE pl_postings IN SHARE MODE;
+INSERT INTO pl_account_monthly_claims
+SELECT account, date_trunc('month', business_date)::date, sum(amount_fen), count(*)
+FROM pl_postings
+WHERE category LIKE 'claim.%' AND NOT EXISTS (SELECT FROM pl_account_year_totals)
+GROUP BY 1, 2;
+INSERT INTO pl_account_year_totals
+SELECT fiscal_year, account, category, coalesce(subcategory, ''), sum(amount_fen), count(*)
+FROM pl_postings
+WHERE NOT EXISTS (SELECT FROM pl_account_year_totals)
+GROUP BY 1, 2, 3, 4;
