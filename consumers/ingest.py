@@ -25,9 +25,11 @@ from kafka.errors import KafkaError
 from kafka.metrics.stats.total import Total
 
 from consumers import metrics
+from consumers.booking import record_batch
+from consumers.inbound import MESSAGE_SIZE_MAX_BYTES, Inbound, SourcePosition
 from consumers.store import ledger_recorder
 from consumers.topics import record_fingerprint, records_at
-from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
+from ledger.application import Ledger, Outcome
 
 log = structlog.get_logger("consumers.ingest")
 
@@ -191,7 +193,7 @@ class Ingestor:
             return []
         inbound, positions = self._unsaved
         started_s = time.monotonic()
-        outcomes = self.ledger.record_batch(inbound, positions=positions)
+        outcomes = record_batch(self.ledger, inbound, positions=positions)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started_s)
         metrics.record_outcomes(outcomes)
         self._unsaved = None

@@ -7,8 +7,8 @@ Each command checks its rule in a `check_*` method named after RULES.md and rais
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, cast
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent
@@ -19,6 +19,9 @@ from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
 from schemas.policy import MAX_FEN, Policy
+
+if TYPE_CHECKING:  # movements builds on this module's categories
+    from ledger.movements import Transfer
 
 # Categories under which funds total their bookings (made in `ledger.movements`).
 OPENING_CATEGORY = "opening"
@@ -33,6 +36,17 @@ PRIOR_YEAR_PREFIX = "prior_year_adjustment."
 YEAR_KEYED_STATE = ("totals_fen", "year_net_fen", "budgets", "closed_years")
 
 POLICY_BOOK_ID = uuid5(accounts.LEDGER_NAMESPACE, "policy-book")
+
+
+class Leg(Protocol):
+    """What a fund reads of a transfer, or of the event that booked its leg."""
+
+    @property
+    def debit_account(self) -> str: ...
+    @property
+    def credit_account(self) -> str: ...
+    @property
+    def amount_fen(self) -> int: ...
 
 
 class Fund(Aggregate):
@@ -70,21 +84,22 @@ class Fund(Aggregate):
 
     # -- commands ---------------------------------------------------------
 
-    def book(self, booking: dict[str, Any]) -> None:
-        """Books this fund's leg of a transfer (`booking` as made by `ledger.movements`)."""
-        self.check_stays_non_negative(self.delta_fen(booking))
-        self.check_stays_within_bound(booking)
-        self.trigger_event(self.TransferBooked, **booking)
+    def book(self, transfer: Transfer) -> None:
+        """Books this fund's leg of `transfer`, once the decision has checked both legs.
 
-    def record_opening(
-        self, booking: dict[str, Any], previous_year_income_fen: int, fiscal_year: int
-    ) -> None:
+        A transfer between two funds is checked on both (P1, E1, M1: `ledger.decisions.book`)
+        before either books, so a rule broken on the second leaves the first unchanged.
+        """
+        self.trigger_event(self.TransferBooked, **transfer.as_booking())
+
+    def record_opening(self, transfer: Transfer, previous_year_income_fen: int, fiscal_year: int) -> None:
+        self.check_period_open(transfer.fiscal_year)
         self.check_opening_comes_first()
         self.trigger_event(
             self.OpeningRecorded,
             previous_year_income_fen=previous_year_income_fen,
             opening_fiscal_year=fiscal_year,
-            **booking,
+            **transfer.as_booking(),
         )
 
     def set_budget(
@@ -129,25 +144,25 @@ class Fund(Aggregate):
                 {"balance_fen": self.balance_fen, "requested_fen": -delta_fen},
             )
 
-    def check_stays_within_bound(self, booking: dict[str, Any]) -> None:
+    def check_stays_within_bound(self, transfer: Transfer) -> None:
         """M1: a fund's balance, and each yearly total it keeps, stay at most MAX_FEN.
 
         Every amount is at most MAX_FEN on the wire; this keeps their sums there too, so no
         figure of the ledger or its read tables can approach a 64-bit integer's limit.
         """
-        delta_fen = self.delta_fen(booking)
-        total_fen = self.total_fen(booking["fiscal_year"], booking["category"])
+        delta_fen = self.delta_fen(transfer)
+        total_fen = self.total_fen(transfer.fiscal_year, transfer.category)
         if self.balance_fen + delta_fen > MAX_FEN:
             figure = f"its balance to {self.balance_fen + delta_fen} fen"
-        elif not booking.get("reversal_of") and total_fen + booking["amount_fen"] > MAX_FEN:
-            figure = (f"its {booking['category']} total of {booking['fiscal_year']} to "
-                      f"{total_fen + booking['amount_fen']} fen")
+        elif not transfer.is_reversal and total_fen + transfer.amount_fen > MAX_FEN:
+            figure = (f"its {transfer.category} total of {transfer.fiscal_year} to "
+                      f"{total_fen + transfer.amount_fen} fen")
         else:
             return
         raise Rejected(
             Reason.amount_out_of_range,
             "M1",
-            f"{booking['amount_fen']} fen would take {self.account} {figure}, above the ledger's "
+            f"{transfer.amount_fen} fen would take {self.account} {figure}, above the ledger's "
             f"bound of {MAX_FEN} fen",
             {"balance_fen": self.balance_fen, "bound_fen": MAX_FEN},
         )
@@ -172,6 +187,17 @@ class Fund(Aggregate):
                 f"fiscal year {fiscal_year} of {self.account} is closed; "
                 "book a correction in the open year instead",
                 {"fiscal_year": fiscal_year},
+            )
+
+    def check_no_booking_on_or_after(self, effective_from: date) -> None:
+        """M2: a policy arriving late must not take effect where this fund already booked movements."""
+        if self.last_business_day is not None and date.fromisoformat(self.last_business_day) >= effective_from:
+            raise Rejected(
+                Reason.policy_violation,
+                "M2",
+                f"{self.account} has movements booked on {self.last_business_day}, on or "
+                f"after effective_from {effective_from}: a policy cannot change decisions "
+                "already taken",
             )
 
     def check_budget_has_no_deficit(self, income_fen: int, expenditure_fen: int) -> None:
@@ -315,12 +341,12 @@ class Fund(Aggregate):
 
     # -- queries ----------------------------------------------------------
 
-    def delta_fen(self, booking: dict[str, Any]) -> int:
-        amount = int(booking["amount_fen"])
-        if booking["credit_account"] == self.account:
-            return amount
-        assert booking["debit_account"] == self.account, (booking, self.account)
-        return -amount
+    def delta_fen(self, leg: Leg) -> int:
+        """How much `leg` changes this fund's balance: credits add, debits take away."""
+        if leg.credit_account == self.account:
+            return leg.amount_fen
+        assert leg.debit_account == self.account, (leg, self.account)
+        return -leg.amount_fen
 
     def total_fen(self, fiscal_year: int, *categories: str) -> int:
         year = self.totals_fen.get(fiscal_year, {})
@@ -393,7 +419,7 @@ class Fund(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             fund = cast(Fund, aggregate)
-            delta = fund.delta_fen(self.__dict__)
+            delta = fund.delta_fen(self)
             fund.balance_fen += delta
             fund.booking_count += 1
             sign = -1 if self.reversal_of else 1
@@ -447,9 +473,14 @@ def receipt_id(event_id: str) -> UUID:
     return uuid5(accounts.LEDGER_NAMESPACE, f"event:{event_id}")
 
 
-def position_receipt_id(topic: str, partition: int, offset: int) -> UUID:
-    """The receipt of a message that has no usable event_id (e.g. not JSON)."""
-    return uuid5(accounts.LEDGER_NAMESPACE, f"position:{topic}/{partition}/{offset}")
+def delivery_receipt_id(delivery_key: str) -> UUID:
+    """The receipt of a message that has no usable event_id (e.g. not JSON), by where it came from."""
+    return uuid5(accounts.LEDGER_NAMESPACE, delivery_key)
+
+
+def unprocessable_receipt_id(delivery_key: str, payload_digest: str) -> UUID:
+    """The receipt of one delivery whose decision failed (the event's own receipt stays free)."""
+    return uuid5(accounts.LEDGER_NAMESPACE, f"unprocessable:{delivery_key}:{payload_digest}")
 
 
 class Receipt(Aggregate):
@@ -508,8 +539,48 @@ class Receipt(Aggregate):
     def reject(cls, id: UUID, **fields: Any) -> Receipt:
         return cls._create(cls.Rejected, id=id, **fields)
 
-    def is_same_delivery(self, payload_sha256: str) -> bool:
-        return self.payload_sha256 == payload_sha256
+    @property
+    def is_accepted_movement(self) -> bool:
+        return self.status == "accepted" and self.transfer is not None
+
+    @staticmethod
+    def check_reversible(original: Receipt | None, original_event_id: str) -> None:
+        """P2: only an accepted movement is reversed, never a reversal itself, and only once."""
+        if original is None or not original.is_accepted_movement:
+            fate = "unknown" if original is None else (
+                "rejected" if original.status == "rejected" else "not a movement"
+            )
+            raise Rejected(
+                Reason.unknown_original,
+                "P2",
+                f"event {original_event_id} is {fate}: only an accepted movement can be reversed",
+            )
+        assert original.transfer is not None
+        if original.transfer.get("reversal_of"):
+            # Undoing a reversal would book the original movement again without its rules
+            # (caps, budgets): the fact has to come again as a new event instead.
+            raise Rejected(
+                Reason.unknown_original,
+                "P2",
+                f"event {original_event_id} is itself a reversal; to restore the movement it "
+                "reversed, publish that movement again as a new event",
+            )
+        if original.reversed_by is not None:
+            raise Rejected(
+                Reason.already_reversed,
+                "P2",
+                f"event {original_event_id} was already reversed by {original.reversed_by}",
+            )
+
+    def check_same_payload(self, payload_digest: str) -> None:
+        """I1: a re-delivery of an event_id carries the payload it was decided on."""
+        if self.payload_sha256 != payload_digest:
+            raise Rejected(
+                Reason.event_id_conflict,
+                "I1",
+                f"event_id {self.event_id} was already {self.status} with a different payload; "
+                "a new fact needs a new event_id",
+            )
 
     def reject_conflicting_delivery(self, **fields: Any) -> None:
         """I1: the same event_id with another payload is refused and recorded."""
@@ -550,6 +621,37 @@ class PolicyBook(Aggregate):
     @classmethod
     def start(cls) -> PolicyBook:
         return cls._create(cls.Started, id=POLICY_BOOK_ID)
+
+    def check_policy_in_force(self, day: date) -> None:
+        """M2: every decision is taken under the policy in force on its business day."""
+        if self.timeline.in_force(day) is None:
+            raise Rejected(Reason.policy_violation, "M2", f"no policy is in force on {day}")
+
+    def policy_in_force(self, day: date) -> Policy:
+        policy = self.timeline.in_force(day)
+        assert policy is not None, f"checked by check_policy_in_force: {day}"
+        return policy
+
+    @staticmethod
+    def check_adopted_for_its_province(policy: Policy, province: str) -> None:
+        """I2: a policy is adopted by an event of its own province."""
+        if policy.province != province:
+            raise Rejected(
+                Reason.policy_violation,
+                "I2",
+                f"the policy is for province {policy.province}, the event for {province}",
+            )
+
+    @staticmethod
+    def check_takes_effect_after_adoption(effective_from: date, adoption_day: date) -> None:
+        """M2: a policy is adopted ahead of (or on) the day it takes effect."""
+        if effective_from < adoption_day:
+            raise Rejected(
+                Reason.policy_violation,
+                "M2",
+                f"effective_from {effective_from} is before the adoption day {adoption_day}: a policy "
+                "cannot change decisions already taken",
+            )
 
     def adopt(self, policy: Policy, event_id: str) -> None:
         self.trigger_event(

@@ -1,12 +1,15 @@
 """From an upstream event to the transfer it asks for: the money edges of DESIGN §3.
 
 Pure functions: which accounts an event debits and credits, by how much, and under
-which category the funds total it. The rules are checked elsewhere (aggregates).
+which category the funds total it. A transfer checks the one rule that reads only
+itself, the earmarking edges (E2/E3/E4); the funds check theirs (aggregates).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ledger import accounts
 from ledger.aggregates import (
@@ -28,6 +31,7 @@ from ledger.aggregates import (
     OPENING_CATEGORY as OPENING,
 )
 from ledger.clock import fiscal_year_of
+from ledger.errors import Reason, Rejected
 from schemas.events import (
     AdjustmentFundAllocated,
     AdjustmentFundExtracted,
@@ -55,8 +59,60 @@ class Transfer:
     reversal_of: str | None = None
     prior_year_adjustment: bool = False
 
-    def as_booking(self) -> dict[str, object]:
+    @classmethod
+    def from_booking(cls, booking: Mapping[str, Any]) -> Transfer:
+        """The transfer a receipt or a fund's event recorded (`as_booking`'s fields)."""
+        return cls(
+            event_id=booking["event_id"],
+            kind=booking["kind"],
+            debit_account=booking["debit_account"],
+            credit_account=booking["credit_account"],
+            amount_fen=booking["amount_fen"],
+            category=booking["category"],
+            fiscal_year=booking["fiscal_year"],
+            occurred_at=booking["occurred_at"],
+            reversal_of=booking.get("reversal_of"),
+            prior_year_adjustment=booking.get("prior_year_adjustment", False),
+        )
+
+    def as_booking(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields only: dataclasses.asdict's deep copy is slow
+
+    @property
+    def debit(self) -> accounts.AccountName:
+        return accounts.AccountName.parse(self.debit_account)
+
+    @property
+    def credit(self) -> accounts.AccountName:
+        return accounts.AccountName.parse(self.credit_account)
+
+    @property
+    def is_reversal(self) -> bool:
+        return self.reversal_of is not None
+
+    def fund_accounts(self) -> list[str]:
+        """The accounts of this transfer the ledger holds money in, debit first."""
+        return [a for a, name in ((self.debit_account, self.debit), (self.credit_account, self.credit))
+                if name.is_fund]
+
+    def check_edge_allowed(self) -> None:
+        """E3 (with E2, E4): money moves only along the edges of DESIGN §3, within one scheme and city.
+
+        E2: never across schemes. E3: only the chart's edges (backwards only for a reversal,
+        P2); no city pays another city, no fund pays into a fiscal budget. E4 follows from
+        the edges: the adjustment fund trades only with city pooling funds and bank interest.
+        """
+        debit, credit = self.debit, self.credit
+        edges = accounts.REVERSED_EDGES if self.is_reversal else accounts.FORWARD_EDGES
+        if (debit.kind, credit.kind) not in edges:
+            violation = f"no edge from {debit.kind} to {credit.kind} (E3)"
+        elif debit.scheme and credit.scheme and debit.scheme != credit.scheme:
+            violation = f"{self.debit_account} and {self.credit_account} are in different schemes (E2)"
+        elif debit.city and credit.city and debit.city != credit.city:
+            violation = f"{self.debit_account} and {self.credit_account} belong to different cities (E3)"
+        else:
+            return
+        raise Rejected(Reason.earmark_violation, "E3", violation)
 
     def opposite(
         self, event_id: str, fiscal_year: int, occurred_at: str, prior_year_adjustment: bool
@@ -144,7 +200,7 @@ def extraction(e: AdjustmentFundExtracted) -> Transfer:
         EXTRACTION,
     )
     # The extraction belongs to the fiscal year the event names (X2), not the booking day's.
-    return Transfer(**{**asdict(transfer), "fiscal_year": e.fiscal_year})
+    return replace(transfer, fiscal_year=e.fiscal_year)
 
 
 def allocation(e: AdjustmentFundAllocated) -> Transfer:
@@ -155,4 +211,4 @@ def allocation(e: AdjustmentFundAllocated) -> Transfer:
         e.amount_fen,
         ALLOCATION,
     )
-    return Transfer(**{**asdict(transfer), "fiscal_year": e.fiscal_year})
+    return replace(transfer, fiscal_year=e.fiscal_year)

@@ -1,14 +1,24 @@
-"""Policy data: loading policy files and choosing the policy in force on a day."""
+"""Policy data: loading policy files, choosing the policy in force on a day, and the rules that
+read only the policy (I2 codes, E5, I3, X1)."""
 
 from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
 
-from schemas.policy import Policy
+from ledger.clock import business_date_of, fiscal_year_of
+from ledger.errors import Reason, Rejected
+from schemas.events import (
+    AdjustmentFundAllocated,
+    AdjustmentFundExtracted,
+    SubsidyDisbursed,
+    UpstreamEvent,
+)
+from schemas.policy import ExtractionBase, Policy
 
 DEFAULT_POLICY_NAME = "anhui"
 
@@ -46,3 +56,81 @@ class PolicyTimeline:
 
     def __len__(self) -> int:
         return len(self._policies)
+
+
+@dataclass(frozen=True)
+class PolicyTerms:
+    """The policy in force on an event's business day, with the rules that read only it.
+
+    Each `check_*` is one rule of RULES.md (its id starts the docstring) and raises
+    `Rejected` with that rule's reason code.
+    """
+
+    policy: Policy
+
+    @property
+    def extraction_base_with_subsidies(self) -> bool:
+        """X3: whether collected income counts subsidies besides contributions."""
+        return self.policy.extraction_base == ExtractionBase.contributions_and_subsidies
+
+    def check_known_codes(self, event: UpstreamEvent) -> None:
+        """I2: the province and city codes are the policy's."""
+        policy = self.policy
+        if event.province != policy.province:
+            raise Rejected(
+                Reason.unknown_city,
+                "I2",
+                f"province {event.province} is not {policy.province}, the province of policy {policy.name!r}",
+            )
+        city = getattr(event, "city", None)
+        if city is not None and city not in policy.cities:
+            raise Rejected(Reason.unknown_city, "I2", f"city {city} is not in policy {policy.name!r}")
+
+    def check_subsidised_scheme(self, event: SubsidyDisbursed) -> None:
+        """E5: fiscal subsidies go to the subsidised schemes only (resident by default)."""
+        if event.scheme not in self.policy.subsidised_schemes:
+            allowed = ", ".join(s.value for s in self.policy.subsidised_schemes)
+            raise Rejected(
+                Reason.earmark_violation,
+                "E5",
+                f"subsidies may go to the {allowed} scheme only, not {event.scheme.value}",
+            )
+
+    def check_subsidy_standard(self, event: SubsidyDisbursed) -> None:
+        """I3: with a headcount, a subsidy matches the per-capita standard of its level and year."""
+        if event.headcount is None:
+            return
+        year = fiscal_year_of(event.occurred_at)
+        standards = [
+            s for s in self.policy.subsidy_standards
+            if s.fiscal_year == year and s.level == event.level and s.scheme == event.scheme
+        ]
+        if not standards:
+            return
+        expected = sorted({event.headcount * fen for s in standards for fen in s.per_capita_fen})
+        tolerance = max(s.rounding_tolerance_fen for s in standards)
+        if not any(abs(event.amount_fen - fen) <= tolerance for fen in expected):
+            raise Rejected(
+                Reason.policy_violation,
+                "I3",
+                f"{event.amount_fen} fen for {event.headcount} people does not match the "
+                f"{event.level.value} standard of {year} "
+                f"({', '.join(str(f) for s in standards for f in s.per_capita_fen)} "
+                f"fen a head): expected one of {expected} (within {tolerance} fen)",
+                {"expected_fen": expected},
+            )
+
+    def check_phase_active(self, event: AdjustmentFundExtracted | AdjustmentFundAllocated) -> None:
+        """X1: the adjustment fund of a scheme works only from its phase date."""
+        start = self.policy.adjustment_from.get(event.scheme)
+        day = business_date_of(event.occurred_at)
+        # Both the day it happens and the fiscal year it is for must be in the phase.
+        if start is None or day < start or event.fiscal_year < start.year:
+            when = f"from {start}" if start else "not at all under this policy"
+            raise Rejected(
+                Reason.phase_not_active,
+                "X1",
+                f"the {event.scheme.value} adjustment fund operates {when}; the event is dated {day} "
+                f"(China Standard Time) for fiscal year {event.fiscal_year}",
+                {"adjustment_from": str(start) if start else None, "business_date": str(day)},
+            )

@@ -21,8 +21,10 @@ from typing import Any
 
 from eventsourcing.utils import get_topic
 
+from consumers.booking import record_batch
+from consumers.inbound import MESSAGE_SIZE_MAX_BYTES, Inbound, SourcePosition
 from ledger.aggregates import Fund, PolicyBook, Receipt
-from ledger.application import MESSAGE_SIZE_MAX_BYTES, Inbound, Ledger, Outcome, SourcePosition
+from ledger.application import Ledger, Outcome
 from ledger.errors import Reason
 from schemas.policy import Policy
 
@@ -102,7 +104,7 @@ def _inbound(event: Any, message_size_max_bytes: int) -> Inbound:
 def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, Any]], result: Replay) -> None:
     if not batch:
         return
-    outcomes = fresh.record_batch([inbound for inbound, _ in batch])
+    outcomes = record_batch(fresh, [inbound for inbound, _ in batch])
     for (_, recorded), outcome in zip(batch, outcomes, strict=True):
         result.decisions += 1
         _compare(fresh, recorded, outcome, result)

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.inbound import MESSAGE_SIZE_MAX_BYTES
 from consumers.retry import DB_RETRY_MAX_S
-from ledger.application import MESSAGE_SIZE_MAX_BYTES
 
 EVENTS_TOPIC = "pooling.events.v1"
 LEDGER_TOPIC = "pooling.ledger.v1"

@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import ConsumeStats, RelayProcess, consume
 from consumers.store import open_ledger
-from ledger.application import Inbound, Ledger, SourcePosition
+from ledger.application import Ledger
 from pooling_ledger.embedded import EmbeddedKafka, ensure_topics, free_port
 from tests.pipeline_support import contribution, publish, read_all
 
@@ -261,7 +263,7 @@ def test_the_relay_stops_when_asked_while_the_broker_is_down(broker: Broker, dat
         broker.stop()
         # outcomes booked while the broker is away: the relay's page cannot be acknowledged
         more = events(5_000, 10)
-        ledger.record_batch([
+        record_batch(ledger, [
             Inbound.parse(json.dumps(e).encode(), SourcePosition(TOPICS["events"], 0, 1_000 + i))
             for i, e in enumerate(more)
         ])

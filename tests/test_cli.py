@@ -111,13 +111,14 @@ def test_export_journal_and_events_give_the_whole_history(tmp_path: Path, databa
 
     import psycopg
 
+    from consumers.booking import record_batch
+    from consumers.inbound import Inbound, SourcePosition
     from consumers.store import open_ledger
-    from ledger.application import Inbound, SourcePosition
 
     events = [contribution("340100", "resident", 90_000), claim("340100", "resident", 30_000),
               contribution("340200", "employee", 5_000, "employer"), claim("340200", "employee", 9_999)]
     ledger = open_ledger(database_url)
-    ledger.record_batch([Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)])
+    record_batch(ledger, [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)])
     ledger.close()
 
     journal = tmp_path / "journal.csv"

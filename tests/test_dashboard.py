@@ -27,8 +27,9 @@ from urllib.parse import quote
 import pytest
 import uvicorn
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.store import open_ledger
-from ledger.application import Inbound, SourcePosition
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, encode, pooling_year
 
@@ -66,7 +67,7 @@ def ingest_province(database_url: str) -> None:
             for event in phase:
                 batch.append(Inbound.parse(encode(event)[1], SourcePosition("t", 0, offset)))
                 offset += 1
-            ledger.record_batch(batch)
+            record_batch(ledger, batch)
         projector = Projector(ledger, database_url)
         try:
             projector.run_until_caught_up()

@@ -18,10 +18,12 @@ from eventsourcing.utils import get_topic
 from kafka import KafkaProducer
 from structlog.testing import capture_logs
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.relay import message_for
 from consumers.store import open_ledger, postgres_env
 from ledger.aggregates import Fund, Receipt
-from ledger.application import Inbound, Ledger, SourcePosition
+from ledger.application import Ledger
 from pooling_ledger.replay import replay
 from pooling_ledger.verify import verify
 from projections.projector import Projector
@@ -177,7 +179,7 @@ def test_a_fund_balance_never_passes_max_fen() -> None:
     ledger = new_ledger()
     messages = [contribution(HEFEI, "resident", 10**15), contribution(HEFEI, "resident", 1),
                 claim(HEFEI, "resident", 5)]
-    outcomes = ledger.record_batch([Inbound.parse(_text(m)) for m in messages])
+    outcomes = record_batch(ledger, [Inbound.parse(_text(m)) for m in messages])
     assert statuses(outcomes) == [("accepted", None), ("rejected", "amount_out_of_range"), ("accepted", None)]
     assert outcomes[1].detail == (
         "1 fen would take city:340100:resident:pooling its balance to 1000000000000001 fen, "
@@ -190,7 +192,7 @@ def test_a_yearly_total_never_passes_max_fen_even_when_the_balance_would_not() -
     ledger = new_ledger()
     messages = [contribution(HEFEI, "resident", 10**15), claim(HEFEI, "resident", 10**15),
                 contribution(HEFEI, "resident", 1)]
-    outcomes = ledger.record_batch([Inbound.parse(_text(m)) for m in messages])
+    outcomes = record_batch(ledger, [Inbound.parse(_text(m)) for m in messages])
     assert statuses(outcomes) == [("accepted", None), ("accepted", None), ("rejected", "amount_out_of_range")]
     assert outcomes[2].detail == (
         "1 fen would take city:340100:resident:pooling its contribution.individual total of 2025 "
@@ -199,22 +201,22 @@ def test_a_yearly_total_never_passes_max_fen_even_when_the_balance_would_not() -
 
 
 class _BuggyLedger(Ledger):
-    """A ledger whose claim handler books, then fails: a bug in the middle of a decision."""
+    """A ledger whose claim decision books, then fails: a bug in the middle of a decision."""
 
     name = "Ledger"  # the same event store as the ledger's (eventsourcing names it after the class)
     fail = True
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env=env or {"PERSISTENCE_MODULE": "eventsourcing.popo"})
-        correct = self._handlers["ClaimPaid"]
+        correct = self.decisions["ClaimPaid"]
 
-        def claim_then_fail(event: Any, policy: Any, work: Any) -> Any:
-            transfer = correct(event, policy, work)  # the fund in the working set is debited
+        def claim_then_fail(event: Any, terms: Any, state: Any) -> Any:
+            transfer = correct(event, terms, state)  # the fund in the working set is debited
             if self.fail:
                 raise KeyError("hospital_level of a bug")
             return transfer
 
-        self._handlers["ClaimPaid"] = claim_then_fail
+        self.decisions["ClaimPaid"] = claim_then_fail
 
 
 def test_an_exception_while_deciding_is_unprocessable_nothing_half_booked_and_the_next_booked() -> None:
@@ -222,8 +224,8 @@ def test_an_exception_while_deciding_is_unprocessable_nothing_half_booked_and_th
     money, buggy, after = (contribution(HEFEI, "resident", 100_000), claim(HEFEI, "resident", 40_000),
                            contribution(HEFEI, "resident", 5_000))
     with capture_logs() as logs:
-        outcomes = ledger.record_batch(
-            [Inbound.parse(_text(m), SourcePosition("t", 0, i)) for i, m in enumerate((money, buggy, after))]
+        outcomes = record_batch(
+            ledger, [Inbound.parse(_text(m), SourcePosition("t", 0, i)) for i, m in enumerate((money, buggy, after))]
         )
     assert statuses(outcomes) == [("accepted", None), ("rejected", "unprocessable"), ("accepted", None)]
     assert outcomes[1].detail == "deciding the message failed: KeyError: 'hospital_level of a bug'"
@@ -238,12 +240,12 @@ def test_an_exception_while_deciding_is_unprocessable_nothing_half_booked_and_th
     assert errors[0]["reason"] == "unprocessable"
 
     # The same delivery again (a re-read of the partition) is recognised, not recorded twice.
-    again = ledger.record_batch([Inbound.parse(_text(buggy), SourcePosition("t", 0, 1))])
+    again = record_batch(ledger, [Inbound.parse(_text(buggy), SourcePosition("t", 0, 1))])
     assert statuses(again) == [("duplicate", None)]
 
     # The bug fixed, the operator publishes the same message again: it is decided afresh.
     ledger.fail = False
-    fixed = ledger.record_batch([Inbound.parse(_text(buggy), SourcePosition("t", 0, 3))])
+    fixed = record_batch(ledger, [Inbound.parse(_text(buggy), SourcePosition("t", 0, 3))])
     assert statuses(fixed) == [("accepted", None)]
     assert balance(ledger, FUND) == 65_000
     receipt = ledger.receipt(buggy["event_id"])
@@ -256,8 +258,8 @@ def test_outcome_of_any_rejection_is_bounded() -> None:
     # by the receipt, but its outcome still carries only an excerpt.
     big_object = {**_contribution(), **{f"k{i}": "y" * 9_000 for i in range(60)}}
     messages: list[bytes | None] = [_one_mib(), _text(big_object), b"\xff" * 150_000, None]
-    ledger.record_batch(
-        [Inbound.parse(m, SourcePosition("t", 0, i), size_max_bytes=MIB - 1) for i, m in enumerate(messages)]
+    record_batch(
+        ledger, [Inbound.parse(m, SourcePosition("t", 0, i), size_max_bytes=MIB - 1) for i, m in enumerate(messages)]
     )
     values = [message_for(e, n) for n, e in ledger.notifications([get_topic(Receipt.Rejected)])]
     sizes = [len(json.dumps(v[2]).encode()) for v in values if v is not None]
@@ -327,7 +329,7 @@ def test_replay_decides_empty_oversized_tombstone_and_unprocessable_messages_aga
         _text(contribution(HEFEI, "resident", 100_000)), b"", None, _one_mib(), b"[" * 5_000,
         b"  ", _text(_contribution(amount_fen=2**63)), _text(claim(HEFEI, "resident", 30_000)),
     ]
-    outcomes = ledger.record_batch([Inbound.parse(m, SourcePosition("t", 0, i)) for i, m in enumerate(messages)])
+    outcomes = record_batch(ledger, [Inbound.parse(m, SourcePosition("t", 0, i)) for i, m in enumerate(messages)])
     assert statuses(outcomes) == [
         ("accepted", None), ("rejected", "invalid_json"), ("rejected", "invalid_json"),
         ("rejected", "message_too_large"), ("rejected", "invalid_json"), ("rejected", "invalid_json"),
@@ -336,7 +338,7 @@ def test_replay_decides_empty_oversized_tombstone_and_unprocessable_messages_aga
     ledger.close()
     buggy = _BuggyLedger(postgres_env(database_url))  # the same store, a claim handler with a bug
     buggy_claim = claim(HEFEI, "resident", 1_000)
-    assert statuses(buggy.record_batch([Inbound.parse(_text(buggy_claim), SourcePosition("t", 0, 8))])) == [
+    assert statuses(record_batch(buggy, [Inbound.parse(_text(buggy_claim), SourcePosition("t", 0, 8))])) == [
         ("rejected", "unprocessable")
     ]
     buggy.close()
@@ -356,7 +358,7 @@ def test_replay_decides_empty_oversized_tombstone_and_unprocessable_messages_aga
 @pipeline
 def test_verify_fails_when_the_projection_cannot_catch_up(database_url: str) -> None:
     ledger = open_ledger(database_url)
-    ledger.record_batch([Inbound.parse(_text(contribution(HEFEI, "resident", 100_000)), SourcePosition("t", 0, 0))])
+    record_batch(ledger, [Inbound.parse(_text(contribution(HEFEI, "resident", 100_000)), SourcePosition("t", 0, 0))])
     Projector(ledger, database_url).run_until_caught_up()
     assert verify(ledger, database_url).ok is True
 
@@ -366,7 +368,7 @@ def test_verify_fails_when_the_projection_cannot_catch_up(database_url: str) -> 
             " $$BEGIN RAISE EXCEPTION 'read table refuses the posting'; END;$$"
         )
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON pl_postings FOR EACH ROW EXECUTE FUNCTION refuse_posting()")
-    ledger.record_batch([Inbound.parse(_text(contribution(HEFEI, "resident", 5_000)), SourcePosition("t", 0, 1))])
+    record_batch(ledger, [Inbound.parse(_text(contribution(HEFEI, "resident", 5_000)), SourcePosition("t", 0, 1))])
 
     result = verify(ledger, database_url)
     ledger.close()
@@ -382,19 +384,19 @@ def test_verify_fails_when_the_projection_cannot_catch_up(database_url: str) -> 
 
 def test_a_decision_whose_events_cannot_be_saved_is_unprocessable_and_the_rest_saved() -> None:
     ledger = new_ledger()
-    correct = ledger._handlers["ContributionReceived"]
+    correct = ledger.decisions["ContributionReceived"]
 
-    def contribution_with_a_set(event: Any, policy: Any, work: Any) -> Any:
-        transfer = correct(event, policy, work)
+    def contribution_with_a_set(event: Any, terms: Any, state: Any) -> Any:
+        transfer = correct(event, terms, state)
         if event.amount_fen == 777:  # a bug: a value no JSON encoder can write
-            work.fund(FUND).trigger_event(Fund.BudgetSet, account=FUND, fiscal_year=2025,
+            state.fund(FUND).trigger_event(Fund.BudgetSet, account=FUND, fiscal_year=2025,
                                           income_fen={1, 2}, expenditure_fen=0, budget_event_id="x", kind="x")
         return transfer
 
-    ledger._handlers["ContributionReceived"] = contribution_with_a_set
+    ledger.decisions["ContributionReceived"] = contribution_with_a_set
     messages = [contribution(HEFEI, "resident", 1_000), contribution(HEFEI, "resident", 777),
                 contribution(HEFEI, "resident", 2_000)]
-    outcomes = ledger.record_batch([Inbound.parse(_text(m), SourcePosition("t", 0, i)) for i, m in enumerate(messages)])
+    outcomes = record_batch(ledger, [Inbound.parse(_text(m), SourcePosition("t", 0, i)) for i, m in enumerate(messages)])
     assert statuses(outcomes) == [("accepted", None), ("rejected", "unprocessable"), ("accepted", None)]
     assert outcomes[1].detail == (
         "deciding the message failed: TranscodingNotRegisteredError: Object of type <class 'set'> is not "

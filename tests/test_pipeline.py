@@ -164,13 +164,15 @@ def test_a_fund_past_its_snapshot_interval_is_rebuilt_from_its_snapshot_to_the_s
     database_url: str,
 ) -> None:
     """Snapshots keep reconstruction short; a fresh ledger must read the same fund from one."""
-    from ledger.application import FUND_SNAPSHOT_INTERVAL, Inbound, SourcePosition
+    from consumers.booking import record_batch
+    from consumers.inbound import Inbound, SourcePosition
+    from ledger.application import FUND_SNAPSHOT_INTERVAL
 
     events = [contribution("340100", "resident", 100 + i) for i in range(FUND_SNAPSHOT_INTERVAL + 5)]
     ledger = open_ledger(database_url)
     for start in range(0, len(events), 400):
-        ledger.record_batch(
-            [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, start + i))
+        record_batch(
+            ledger, [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, start + i))
              for i, e in enumerate(events[start : start + 400])]
         )
     ledger.close()

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from ledger.application import Inbound, Ledger, Outcome
+from consumers.booking import record_batch
+from consumers.inbound import Inbound
+from ledger.application import Ledger, Outcome
 from ledger.policy import load_packaged_policy, packaged_policy_names
 from schemas.policy import Policy
 
@@ -95,7 +97,7 @@ def tianjin_subsidy(amount_fen: int, **kw: Any) -> dict[str, Any]:
 
 
 def record(ledger: Ledger, message: dict[str, Any]) -> Outcome:
-    (outcome,) = ledger.record_batch([Inbound.parse(json.dumps(message).encode())])
+    (outcome,) = record_batch(ledger, [Inbound.parse(json.dumps(message).encode())])
     return outcome
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.store import open_ledger
-from ledger.application import Inbound, Ledger, SourcePosition
+from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, pooling_year
 from projections import queries
@@ -57,7 +59,7 @@ class Feed:
             self.offset += 1
         outcomes = []
         for start in range(0, len(inbound), batch_size):
-            outcomes += self.ledger.record_batch(inbound[start : start + batch_size])
+            outcomes += record_batch(self.ledger, inbound[start : start + batch_size])
         return outcomes
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.store import open_ledger
-from ledger.application import Inbound, SourcePosition
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, encode, pooling_year, with_faults
 from tests.upstream import contribution, event, extraction, opening, reversal
@@ -58,7 +59,7 @@ def book_a_year(database_url: str) -> int:
         for _, value in batch:
             inbound.append(Inbound.parse(value, SourcePosition("t", 0, offset)))
             offset += 1
-        decided += len(ledger.record_batch(inbound))
+        decided += len(record_batch(ledger, inbound))
     ledger.close()
     return decided
 

@@ -10,8 +10,9 @@ import sys
 import psycopg
 import pytest
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound, SourcePosition
 from consumers.store import open_ledger
-from ledger.application import Inbound, SourcePosition
 from projections.projector import Projector
 from tests.pipeline_support import claim, contribution
 
@@ -29,8 +30,8 @@ def run_verify(database_url: str, *args: str) -> tuple[int, dict[str, object]]:
 
 def book(database_url: str, *events: dict[str, object]) -> None:
     ledger = open_ledger(database_url)
-    ledger.record_batch(
-        [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)]
+    record_batch(
+        ledger, [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)]
     )
     Projector(ledger, database_url).run_until_caught_up()
     ledger.close()

@@ -19,8 +19,10 @@ import json
 import uuid
 from typing import Any
 
+from consumers.booking import record_batch
+from consumers.inbound import Inbound
 from ledger import accounts, audit
-from ledger.application import Inbound, Ledger, Outcome
+from ledger.application import Ledger, Outcome
 from schemas.policy import Policy
 
 PROVINCE = "340000"
@@ -262,7 +264,7 @@ def raw(message: dict[str, Any] | bytes) -> bytes:
 
 def feed(ledger: Ledger, *messages: dict[str, Any] | bytes) -> list[Outcome]:
     """Records `messages` as one batch."""
-    return ledger.record_batch([Inbound.parse(raw(m)) for m in messages])
+    return record_batch(ledger, [Inbound.parse(raw(m)) for m in messages])
 
 
 def statuses(outcomes: list[Outcome]) -> list[tuple[str, str | None]]:

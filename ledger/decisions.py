@@ -1,0 +1,214 @@
+"""The decision kernel: one short function per event type.
+
+Each decision takes the event, the policy in force on its business day and the state it
+reads (funds, receipts, the policy book), runs the rule checks of RULES.md in the order
+that sets which reason wins when several rules are broken, and returns the transfer it
+booked (None for an event that moves no money), or raises `Rejected`. The checks
+themselves live on what owns the state they read: `Fund`, `Receipt`, `PolicyBook`
+(`ledger.aggregates`), `Transfer` (`ledger.movements`), `PolicyTerms` (`ledger.policy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from ledger import accounts, formulas, movements
+from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.clock import business_date_of, fiscal_year_of
+from ledger.movements import Transfer
+from ledger.policy import PolicyTerms
+from schemas.events import (
+    AdjustmentFundAllocated,
+    AdjustmentFundExtracted,
+    BudgetAdjusted,
+    BudgetApproved,
+    ClaimPaid,
+    ContributionReceived,
+    EventReversed,
+    FiscalYearClosed,
+    InterestCredited,
+    OpeningBalanceRecorded,
+    PolicyAdopted,
+    SubsidyDisbursed,
+)
+from schemas.policy import Scheme
+
+
+class State(Protocol):
+    """The aggregates a decision reads and changes (the Application's working set)."""
+
+    def fund(self, account: str) -> Fund:
+        """The fund of `account`, opened if it has no history yet."""
+
+    def opened_fund(self, account: str) -> Fund | None:
+        """The fund of `account` if it has a history, else None."""
+
+    def receipt_of(self, event_id: str) -> Receipt | None: ...
+
+    def policy_book(self) -> PolicyBook: ...
+
+
+def book(transfer: Transfer, state: State, *, period_checked: Fund | None = None) -> Transfer:
+    """Books both legs of `transfer` once every rule holds on every fund it touches.
+
+    E3 first, then per fund, debit first: P1 (unless the decision checked it already on
+    `period_checked`, where a closed year's reason comes before the event's own rules),
+    E1 and M1. Only then does either fund book, so nothing is half-booked.
+    """
+    transfer.check_edge_allowed()
+    funds = [state.fund(account) for account in transfer.fund_accounts()]
+    for fund in funds:
+        if fund is not period_checked:
+            fund.check_period_open(transfer.fiscal_year)
+        fund.check_stays_non_negative(fund.delta_fen(transfer))
+        fund.check_stays_within_bound(transfer)
+    for fund in funds:
+        fund.book(transfer)
+    return transfer
+
+
+def contribution(e: ContributionReceived, terms: PolicyTerms, state: State) -> Transfer:
+    return book(movements.contribution(e), state)
+
+
+def subsidy(e: SubsidyDisbursed, terms: PolicyTerms, state: State) -> Transfer:
+    terms.check_subsidised_scheme(e)
+    terms.check_subsidy_standard(e)
+    return book(movements.subsidy(e), state)
+
+
+def claim(e: ClaimPaid, terms: PolicyTerms, state: State) -> Transfer:
+    transfer = movements.claim(e)
+    fund = state.fund(transfer.debit_account)
+    fund.check_period_open(transfer.fiscal_year)  # a closed year's reason comes first
+    fund.check_within_budget(transfer.fiscal_year, e.amount_fen, terms.policy.require_budget)
+    return book(transfer, state, period_checked=fund)
+
+
+def interest(e: InterestCredited, terms: PolicyTerms, state: State) -> Transfer:
+    return book(movements.interest(e), state)
+
+
+def opening(e: OpeningBalanceRecorded, terms: PolicyTerms, state: State) -> Transfer:
+    transfer = movements.opening(e)
+    state.fund(transfer.credit_account).record_opening(transfer, e.previous_year_income_fen, e.fiscal_year)
+    return transfer
+
+
+def budget(e: BudgetApproved | BudgetAdjusted, terms: PolicyTerms, state: State) -> None:
+    fund = state.fund(accounts.city_pooling(e.city, e.scheme))
+    kind = "approved" if e.type == "BudgetApproved" else "adjusted"
+    fund.set_budget(e.fiscal_year, e.income_fen, e.expenditure_fen, str(e.event_id), kind)
+
+
+def extraction(e: AdjustmentFundExtracted, terms: PolicyTerms, state: State) -> Transfer:
+    terms.check_phase_active(e)
+    transfer = movements.extraction(e)
+    city, province = state.fund(transfer.debit_account), state.fund(transfer.credit_account)
+    city.check_period_open(e.fiscal_year)
+    city.check_extraction_within_cap(
+        e.fiscal_year,
+        e.amount_fen,
+        city.extraction_base_fen(e.fiscal_year, terms.extraction_base_with_subsidies),
+        terms.policy.extraction_rate_bp,
+    )
+    province.check_adjustment_fund_ceiling(
+        e.amount_fen,
+        province_income_fen(province, e.fiscal_year - 1, terms, state),
+        terms.policy.pause_ratio_bp,
+        e.fiscal_year,
+    )
+    return book(transfer, state, period_checked=city)
+
+
+def allocation(e: AdjustmentFundAllocated, terms: PolicyTerms, state: State) -> Transfer:
+    terms.check_phase_active(e)
+    transfer = movements.allocation(e)
+    city = state.fund(transfer.credit_account)
+    city.check_period_open(e.fiscal_year)
+    city.check_allocation_within_share(
+        e.fiscal_year, e.gap_fen, e.amount_fen, terms.policy.gap_share_bp[e.reason], e.reason.value
+    )
+    return book(transfer, state, period_checked=city)
+
+
+def close_year(e: FiscalYearClosed, terms: PolicyTerms, state: State) -> None:
+    """P1: locks the year of one fund and fixes its income as next year's base."""
+    fund = state.fund(accounts.fund_account(e.city, e.scheme))
+    if e.city is None:
+        income_fen = province_income_fen(fund, e.fiscal_year, terms, state)
+    else:
+        income_fen = fund.extraction_base_fen(e.fiscal_year + 1, terms.extraction_base_with_subsidies)
+    fund.close_year(e.fiscal_year, income_fen, str(e.event_id))
+
+
+def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> Transfer:
+    """P2: the exact opposite of an accepted movement, once, booked under the movement rules."""
+    original = state.receipt_of(str(e.original_event_id))
+    Receipt.check_reversible(original, str(e.original_event_id))
+    assert original is not None and original.transfer is not None
+    booked = Transfer.from_booking(original.transfer)
+    funds = [state.fund(account) for account in booked.fund_accounts()]
+    prior_year = any(booked.fiscal_year in f.closed_years for f in funds)
+    opposite = booked.opposite(
+        event_id=str(e.event_id),
+        fiscal_year=fiscal_year_of(e.occurred_at) if prior_year else booked.fiscal_year,
+        occurred_at=e.occurred_at.isoformat(),
+        prior_year_adjustment=prior_year,
+    )
+    book(opposite, state)
+    original.mark_reversed(str(e.event_id))
+    return opposite
+
+
+def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
+    """Effective-dated parameters: adopted ahead of (or on) the day they take effect."""
+    policy_book = state.policy_book()
+    policy_book.check_adopted_for_its_province(e.policy, e.province)
+    policy_book.check_takes_effect_after_adoption(e.effective_from, business_date_of(e.occurred_at))
+    for fund in opened_funds(terms, state):
+        fund.check_no_booking_on_or_after(e.effective_from)
+    policy_book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
+
+
+def opened_funds(terms: PolicyTerms, state: State) -> Iterator[Fund]:
+    """Every fund of the policy's cities, then the adjustment funds, that has a history."""
+    for city in [*terms.policy.cities, None]:
+        for scheme in Scheme:
+            fund = state.opened_fund(accounts.fund_account(city, scheme))
+            if fund is not None:
+                yield fund
+
+
+def province_income_fen(province: Fund, fiscal_year: int, terms: PolicyTerms, state: State) -> int:
+    """X4: the province's collected income of a year, for one scheme.
+
+    Fixed by the province's year close; else the sum of the cities' figures (the
+    adjustment fund's own opening speaks of its own income, not the province's).
+    """
+    with_subsidies = terms.extraction_base_with_subsidies
+    city_funds = (state.opened_fund(accounts.city_pooling(city, str(province.scheme))) for city in terms.policy.cities)
+    return formulas.province_income_fen(
+        province.closed_years.get(fiscal_year),
+        (fund.extraction_base_fen(fiscal_year + 1, with_subsidies) for fund in city_funds if fund is not None),
+    )
+
+
+Decision = Callable[[Any, PolicyTerms, State], Transfer | None]
+
+#: The decision of each event type (`UpstreamEvent.type`).
+DECISIONS: dict[str, Decision] = {
+    "ContributionReceived": contribution,
+    "SubsidyDisbursed": subsidy,
+    "ClaimPaid": claim,
+    "InterestCredited": interest,
+    "OpeningBalanceRecorded": opening,
+    "BudgetApproved": budget,
+    "BudgetAdjusted": budget,
+    "AdjustmentFundExtracted": extraction,
+    "AdjustmentFundAllocated": allocation,
+    "FiscalYearClosed": close_year,
+    "EventReversed": reversal,
+    "PolicyAdopted": adopt_policy,
+}
