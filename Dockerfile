@@ -14,6 +14,7 @@ COPY ledger ./ledger
 COPY consumers ./consumers
 COPY projections ./projections
 COPY schemas ./schemas
+COPY storage ./storage
 RUN pip install . \
     && useradd --system --create-home --uid 10001 pooling \
     && mkdir -p /var/lib/pooling-ledger \

@@ -27,9 +27,9 @@ from kafka.metrics.stats.total import Total
 from consumers import metrics
 from consumers.booking import record_batch
 from consumers.inbound import MESSAGE_SIZE_MAX_BYTES, Inbound, SourcePosition
-from consumers.store import ledger_recorder
 from consumers.topics import record_fingerprint, records_at
 from ledger.application import Ledger, Outcome
+from storage import ledger_recorder
 
 log = structlog.get_logger("consumers.ingest")
 

@@ -50,6 +50,11 @@ CONSUMER_LAG = Gauge(
 )
 
 
+def count_retry(what: str) -> None:
+    """Counts one retry of `what` (the `on_retry` of `storage.retry.DatabaseRetry`)."""
+    RETRIES.labels(what).inc()
+
+
 class Decided(Protocol):
     """What the metrics need of an outcome."""
 

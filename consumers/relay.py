@@ -34,7 +34,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
-from consumers.store import Lease, ledger_recorder
 from consumers.topics import (
     KAFKA_BOOTSTRAP_TIMEOUT_MS,
     KAFKA_REQUEST_TIMEOUT_MS,
@@ -45,6 +44,7 @@ from consumers.topics import (
 )
 from ledger.aggregates import Receipt
 from ledger.application import Ledger
+from storage import Lease, ledger_recorder
 
 log = structlog.get_logger("consumers.relay")
 

@@ -28,14 +28,14 @@ def main(
     if os.getppid() != parent_pid:  # the parent died before the line above took effect
         sys.exit(0)
     _leave_signals_to_parent()
+    from consumers.metrics import count_retry
     from consumers.relay import Relay
-    from consumers.retry import DatabaseRetry, RetryStopped, refresh_connections
-    from consumers.store import open_ledger
+    from storage import DatabaseRetry, RetryStopped, open_ledger, refresh_connections
 
     ledger = open_ledger(database_url, create_tables=False)
     # a stop request bounds the relay's waits on the broker, even while the broker is away
     relay = Relay(ledger, bootstrap_servers, ledger_topic, rejections_topic, should_stop=stopping.is_set)
-    retry = DatabaseRetry(max_s=db_retry_max_s)
+    retry = DatabaseRetry(max_s=db_retry_max_s, on_retry=count_retry)
 
     def publish() -> int:  # a PostgreSQL restart is waited out, like the consumer does
         return retry.call(

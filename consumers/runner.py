@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from consumers import relay_process
+from consumers import metrics, relay_process
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
-from consumers.retry import DB_RETRY_MAX_S, DatabaseRetry, RetryStopped, refresh_connections
+from storage import DB_RETRY_MAX_S, DatabaseRetry, RetryStopped, refresh_connections
 
 log = structlog.get_logger("consumers.runner")
 
@@ -40,7 +40,7 @@ class RelayThread(threading.Thread):
     def __init__(self, relay: Relay, retry: DatabaseRetry | None = None) -> None:
         super().__init__(name="relay", daemon=True)
         self.relay = relay
-        self.retry = retry or DatabaseRetry()
+        self.retry = retry or DatabaseRetry(on_retry=metrics.count_retry)
         self.stopping = threading.Event()
         relay.should_stop = self.stopping.is_set  # bounds its waits on the broker once stopping
         self.error: Exception | None = None
@@ -129,7 +129,7 @@ def consume(
     A batch that fails on a lost PostgreSQL connection is decided again once it is back
     (for `retry.max_s` at most, then the error stops the loop).
     """
-    retry = retry or DatabaseRetry()
+    retry = retry or DatabaseRetry(on_retry=metrics.count_retry)
     worker: RelayWorker = RelayThread(relay, retry) if isinstance(relay, Relay) else relay
     with relay_process.group_signals_held():  # a group's SIGTERM is this process's to handle
         worker.start()

@@ -127,11 +127,11 @@ def consume(
     Kafka consumer group (named POOLING_CONSUMER_GROUP).
     """
     from consumers.ingest import Ingestor
-    from consumers.retry import DatabaseRetry
+    from consumers.metrics import count_retry
     from consumers.runner import RelayProcess
     from consumers.runner import consume as consume_loop
-    from consumers.store import open_ledger
     from pooling_ledger.services import database, kafka
+    from storage import DatabaseRetry, open_ledger
 
     settings = _settings()
     stop = _stop_flag()
@@ -152,7 +152,7 @@ def consume(
         try:
             stats = consume_loop(
                 ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit,
-                retry=DatabaseRetry(max_s=settings.db_retry_max_s),
+                retry=DatabaseRetry(max_s=settings.db_retry_max_s, on_retry=count_retry),
             )
         finally:
             ingestor.close()
@@ -166,8 +166,8 @@ def _serve_consumer_metrics(port: int, ledger: Any, url: str) -> None:
 
     from consumers.metrics import REGISTRY, ReadingCollector, serve_metrics
     from consumers.relay import RELAY_NAME
-    from consumers.store import ledger_recorder
     from projections.projector import lag as projection_lag
+    from storage import ledger_recorder
 
     recorder = ledger_recorder(ledger)
 
@@ -202,11 +202,10 @@ def project(
 
     Each page is applied with its position in one transaction: a restart double-counts nothing.
     """
-    from consumers.retry import DatabaseRetry
-    from consumers.store import open_ledger
     from pooling_ledger.services import database
     from projections.projector import Projector
     from projections.service import project_loop
+    from storage import DatabaseRetry, open_ledger
 
     settings = _settings()
     stop = _stop_flag()
@@ -239,11 +238,11 @@ def serve(
     token POOLING_API_TOKEN; without one, a random token is made for this run and printed
     with the dashboard's link.
     """
-    from consumers.retry import DatabaseRetry
     from pooling_ledger.embedded import free_port
     from pooling_ledger.services import database_roles
     from projections.service import api_token
     from projections.service import serve as serve_api
+    from storage import DatabaseRetry
 
     settings = _settings()
     _interrupt_on_sigterm()
@@ -288,7 +287,7 @@ def prepare_db() -> None:
     unless DATABASE_URL is the writer's own: then this command must have run before.
     """
     from pooling_ledger.services import database_roles
-    from projections.roles import without_password
+    from storage.roles import without_password
 
     settings = _settings()
     with database_roles(settings) as db:
@@ -344,8 +343,8 @@ def balances(
     ] = None,
 ) -> None:
     """Every account's balance (the trial balance), replayed from the event store; sums to zero."""
-    from consumers.store import open_ledger
     from ledger.audit import fold
+    from storage import open_ledger
 
     settings = _settings()
     if as_of is not None and as_of.tzinfo is None:
@@ -383,9 +382,9 @@ def verify(
     """
     from eventsourcing.persistence import ProgrammingError
 
-    from consumers.store import open_ledger
     from pooling_ledger.services import database
     from pooling_ledger.verify import verify as run_verify
+    from storage import open_ledger
 
     settings = _settings()
     with database(settings, as_found=True) as url:
@@ -419,9 +418,9 @@ def replay(as_json: JsonFlag = False) -> None:
     seeded with the same policy. Exits 1 when anything differs: the numbers must follow
     from the inputs and the rules alone.
     """
-    from consumers.store import open_ledger
     from pooling_ledger.replay import replay as run_replay
     from pooling_ledger.services import database
+    from storage import open_ledger
 
     settings = _settings()
     configure_logging(settings.log_format, "error")  # the replayed rejections are not news
@@ -462,9 +461,9 @@ def export(
     import csv
 
     from consumers.relay import RECEIPT_TOPICS
-    from consumers.store import open_ledger
     from ledger.aggregates import Receipt
     from pooling_ledger.services import database
+    from storage import open_ledger
 
     if what not in ("journal", "events"):
         _fail(f"unknown export {what!r}: choose journal or events")

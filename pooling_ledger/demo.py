@@ -16,7 +16,6 @@ from rich.table import Table
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import consume
-from consumers.store import open_ledger
 from consumers.topics import read_topic
 from ledger import accounts, formulas
 from ledger.application import Ledger
@@ -27,10 +26,11 @@ from pooling_ledger.services import database_roles, kafka
 from pooling_ledger.settings import Settings
 from pooling_ledger.simulate import Message, Simulation, encode, pooling_year, with_faults
 from projections.projector import Projector
-from projections.roles import without_password
 from projections.service import api_token
 from projections.service import serve as serve_api
 from schemas.policy import Policy
+from storage import open_ledger
+from storage.roles import without_password
 
 DEMO_IDLE_EXIT_S = 0.8
 

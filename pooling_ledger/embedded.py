@@ -358,7 +358,7 @@ class EmbeddedPostgres:
     def _move_to_password_auth(self) -> None:
         """A trusting data directory of an earlier version, now running, gets a generated superuser
         password (kept 0600 like initdb's) and scram-sha-256 for every connection; data is kept."""
-        from projections.roles import scram_verifier
+        from storage.roles import scram_verifier
 
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         trusting_url = role_url(POSTGRES_SUPERUSER, None, self.port or 0)

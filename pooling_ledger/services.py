@@ -3,7 +3,7 @@
 With `DATABASE_URL` unset, the embedded PostgreSQL serves `{POOLING_DATA_DIR}/postgres`
 (kept between runs; a server already running on it, e.g. under `demo`, is reused).
 
-Roles (see `projections.roles`): an admin connection creates the schema and two roles, and
+Roles (see `storage.roles`, `projections.roles`): an admin connection creates the schema and two roles, and
 the application connects as the writer, which owns nothing and cannot switch off the event
 store's append-only triggers. The admin is
 - embedded: the superuser, whose password initdb stored in `{data_dir}/postgres.password`; the
@@ -12,10 +12,10 @@ store's append-only triggers. The admin is
 - none, when `DATABASE_URL` names the writer role (`POOLING_WRITER_ROLE`) itself: the database was
   prepared before (`pooling-ledger prepare-db` with `DATABASE_ADMIN_URL`; docker-compose.yml's init);
 - else `DATABASE_URL` itself: the writer is `POOLING_WRITER_ROLE` with `POOLING_WRITER_PASSWORD`,
-  or a password derived from the admin's (`projections.roles.derived_password`), or when the
+  or a password derived from the admin's (`storage.roles.derived_password`), or when the
   admin URL has none, one generated into `{POOLING_DATA_DIR}`.
 
-URLs here carry passwords: log them only through `projections.roles.without_password`.
+URLs here carry passwords: log them only through `storage.roles.without_password`.
 With `KAFKA_BOOTSTRAP_SERVERS` unset, a running embedded broker announced in
 `{POOLING_DATA_DIR}/kafka.json` is reused, or one is started for this process.
 """
@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import structlog
 
+from pooling_ledger.database import prepare_database
 from pooling_ledger.embedded import (
     POSTGRES_SUPERUSER,
     EmbeddedKafka,
@@ -43,8 +44,8 @@ from pooling_ledger.embedded import (
     stored_password,
 )
 from pooling_ledger.settings import Settings
-from projections.roles import EVENTS_TABLE, derived_password, prepare_database
-from projections.roles import role_url as with_role
+from storage.roles import EVENTS_TABLE, derived_password
+from storage.roles import role_url as with_role
 
 log = structlog.get_logger("services")
 

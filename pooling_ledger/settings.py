@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.inbound import MESSAGE_SIZE_MAX_BYTES
-from consumers.retry import DB_RETRY_MAX_S
+from storage import DB_RETRY_MAX_S
 
 EVENTS_TOPIC = "pooling.events.v1"
 LEDGER_TOPIC = "pooling.ledger.v1"

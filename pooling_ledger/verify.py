@@ -18,13 +18,13 @@ from typing import Any
 
 import psycopg
 
-from consumers.store import ledger_recorder
 from ledger import accounts
 from ledger.application import Ledger
 from ledger.audit import FUND_EVENT_TOPICS, fold
 from projections.projector import Projector
 from projections.projector import lag as projection_lag
 from projections.queries import trial_balance
+from storage import ledger_recorder
 
 FINGERPRINT_PAGE_SIZE = 10_000
 

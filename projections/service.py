@@ -11,11 +11,10 @@ import psycopg
 import structlog
 import uvicorn
 
-from consumers.retry import DatabaseRetry, RetryStopped, refresh_connections
-from consumers.store import open_ledger
 from projections.api import create_app
 from projections.projector import Projector, ensure_schema
 from schemas.policy import Policy
+from storage import DatabaseRetry, RetryStopped, open_ledger, refresh_connections
 
 log = structlog.get_logger("projections.service")
 
@@ -95,7 +94,7 @@ def serve(
     """Serves the API and dashboard until interrupted; projects in the background unless told not to.
 
     `database_url` is the writer's, `reader_url` the read-only role's (both made by
-    `projections.roles.prepare_database`); the API reads through the latter.
+    `pooling_ledger.database.prepare_database`); the API reads through the latter.
     """
     projector = ProjectorThread(database_url, seed_policy, retry) if project else None
     if projector is not None:

@@ -17,9 +17,9 @@ from kafka import KafkaProducer
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import ConsumeStats, consume
-from consumers.store import open_ledger
 from consumers.topics import read_topic
 from ledger.application import Ledger
+from storage import open_ledger
 from tests import upstream
 
 IDLE_EXIT_S = 1.0

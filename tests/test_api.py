@@ -27,11 +27,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from consumers.store import open_ledger
 from ledger.application import Ledger
 from pooling_ledger.embedded import free_port
 from projections.api import create_app
 from projections.roles import ensure_reader_role, reader_url
+from storage import open_ledger
 from tests.test_projections import (
     RISK_HIGH_MONTHS,
     RISK_LOW_MONTHS,

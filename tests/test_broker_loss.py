@@ -23,9 +23,9 @@ from consumers.inbound import Inbound, SourcePosition
 from consumers.ingest import Ingestor
 from consumers.relay import Relay
 from consumers.runner import ConsumeStats, RelayProcess, consume
-from consumers.store import open_ledger
 from ledger.application import Ledger
 from pooling_ledger.embedded import EmbeddedKafka, ensure_topics, free_port
+from storage import open_ledger
 from tests.pipeline_support import contribution, publish, read_all
 
 pytestmark = pytest.mark.integration

@@ -113,7 +113,7 @@ def test_export_journal_and_events_give_the_whole_history(tmp_path: Path, databa
 
     from consumers.booking import record_batch
     from consumers.inbound import Inbound, SourcePosition
-    from consumers.store import open_ledger
+    from storage import open_ledger
 
     events = [contribution("340100", "resident", 90_000), claim("340100", "resident", 30_000),
               contribution("340200", "employee", 5_000, "employer"), claim("340200", "employee", 9_999)]

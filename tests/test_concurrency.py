@@ -26,12 +26,12 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
-from consumers.store import open_ledger
 from ledger import accounts
 from ledger.aggregates import Receipt
 from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from schemas.policy import Policy
+from storage import open_ledger
 from tests import upstream
 from tests.upstream import feed, statuses, trial_balance
 

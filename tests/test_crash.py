@@ -13,10 +13,10 @@ from collections import Counter
 import psycopg
 import pytest
 
-from consumers.store import open_ledger
 from ledger.audit import FUND_EVENT_TOPICS, fold
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation
+from storage import open_ledger
 from tests.pipeline_support import expected_balances, publish, read_all
 
 pytestmark = pytest.mark.integration

@@ -29,9 +29,9 @@ import uvicorn
 
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
-from consumers.store import open_ledger
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, encode, pooling_year
+from storage import open_ledger
 
 YEAR = 2025  # the simulated December's fiscal year
 from projections.api import create_app

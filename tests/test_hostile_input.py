@@ -21,13 +21,13 @@ from structlog.testing import capture_logs
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
 from consumers.relay import message_for
-from consumers.store import open_ledger, postgres_env
 from ledger.aggregates import Fund, Receipt
 from ledger.application import Ledger
 from pooling_ledger.replay import replay
 from pooling_ledger.verify import verify
 from projections.projector import Projector
 from schemas import InvalidJson, InvalidSchema, parse_event
+from storage import open_ledger, postgres_env
 from tests.pipeline_support import read_all, run_pipeline
 from tests.upstream import balance, claim, contribution, new_ledger, statuses, trial_balance
 

@@ -25,12 +25,12 @@ import pytest
 
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
-from consumers.store import open_ledger
 from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, pooling_year
 from projections import queries
 from projections.projector import Projector
+from storage import open_ledger
 from tests import upstream
 
 pytestmark = pytest.mark.integration
@@ -735,7 +735,7 @@ def position(database_url: str) -> int:
 
 SMALL_PAGE_PROJECTOR = (
     "import sys\n"
-    "from consumers.store import open_ledger\n"
+    "from storage import open_ledger\n"
     "from projections.projector import Projector\n"
     "url = sys.argv[1]\n"
     "projector = Projector(open_ledger(url), url, page_size=int(sys.argv[2]))\n"

@@ -13,9 +13,9 @@ import pytest
 
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
-from consumers.store import open_ledger
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, encode, pooling_year, with_faults
+from storage import open_ledger
 from tests.upstream import contribution, event, extraction, opening, reversal
 
 pytestmark = pytest.mark.integration

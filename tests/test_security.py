@@ -25,11 +25,12 @@ import psycopg
 import pytest
 from fastapi.routing import APIRoute
 
-from consumers.store import open_ledger
+from pooling_ledger.database import prepare_database
 from pooling_ledger.embedded import EmbeddedPostgres, free_port
 from pooling_ledger.services import ServiceUnavailable, database_roles
 from pooling_ledger.settings import Settings
-from projections.roles import prepare_database, role_url, scram_verifier, without_password
+from storage import open_ledger
+from storage.roles import role_url, scram_verifier, without_password
 from tests.test_api import AUTH, Served, served  # noqa: F401 - the fixture
 from tests.test_projections import Feed, contribution, project
 

@@ -12,8 +12,8 @@ import pytest
 
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
-from consumers.store import open_ledger
 from projections.projector import Projector
+from storage import open_ledger
 from tests.pipeline_support import claim, contribution
 
 pytestmark = pytest.mark.integration

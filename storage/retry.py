@@ -5,7 +5,8 @@ back) ends every connection. The work in flight is then done again, from the sta
 a new connection works: a batch is decided again on the state stored by then. A COMMIT
 whose fate is unknown is safe to repeat, because the receipts make a re-decided event a
 duplicate. The domain (``ledger/``) knows nothing of this: its callers wrap its use cases,
-as Formance's controller wrappers retry around ``CreateTransaction``.
+as Formance's controller wrappers retry around ``CreateTransaction``. A caller that counts
+retries (the consumer's metrics) passes ``on_retry``: storage knows nothing of metrics.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import psycopg
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from consumers.metrics import RETRIES
-from consumers.store import ledger_recorder
 from ledger.application import Ledger
+from storage.recorder import ledger_recorder
 
-log = structlog.get_logger("consumers.retry")
+log = structlog.get_logger("storage.retry")
 
 #: Errors of a lost or refused connection (psycopg's, and eventsourcing's wrappers of them;
 #: psycopg_pool's PoolTimeout is an OperationalError). Errors in the data are not retried.
@@ -56,13 +56,21 @@ def _nothing() -> None:
     return None
 
 
+def _uncounted(what: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class DatabaseRetry:
-    """Calls an operation until it gets through, for at most ``max_s`` of failures in a row."""
+    """Calls an operation until it gets through, for at most ``max_s`` of failures in a row.
+
+    ``on_retry(what)`` is called before each wait, e.g. to count retries in a metric.
+    """
 
     max_s: float = DB_RETRY_MAX_S
     wait_first_s: float = RETRY_WAIT_FIRST_S
     wait_max_s: float = RETRY_WAIT_MAX_S
+    on_retry: Callable[[str], None] = _uncounted
 
     def call(
         self,
@@ -94,7 +102,7 @@ class DatabaseRetry:
                     )
                     raise
                 wait_s = min(self.wait_first_s * 2 ** (attempt - 1), self.wait_max_s, self.max_s - failing_s)
-                RETRIES.labels(what).inc()
+                self.on_retry(what)
                 log.warning(
                     "database_retry", what=what, attempt=attempt, wait_s=round(wait_s, 2),
                     error_type=type(error).__name__, error=_detail(error),

@@ -1,5 +1,7 @@
 """PostgreSQL for the ledger: the event store, with the consumer's Kafka positions in it.
 
+Shared by the consumers, the read side and the command line: none of them owns it.
+
 `LedgerRecorder` extends eventsourcing's PostgreSQL process recorder so that a
 batch's domain events and the Kafka positions it reached are written in the
 same transaction (DESIGN §6). It also makes the event table append-only in
@@ -259,7 +261,7 @@ def open_ledger(
 
 def _may_create_tables(database_url: str) -> bool:
     """Whether this role makes the schema: not the ledger's writer, which uses tables an admin
-    role made for it (`projections.roles.prepare_database`) and may not change them."""
+    role made for it (`pooling_ledger.database.prepare_database`) and may not change them."""
     events_table = f"{Ledger.name.lower()}_events"
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
