@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import StoredEvent, Tracking
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
@@ -146,6 +146,23 @@ class LedgerRecorder(PostgresProcessRecorder):
             return Lease(pool, conn, key)
         pool.putconn(conn)
         return None
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """A batch's positions, tracking and events in one transaction, without pipeline mode.
+
+        eventsourcing sends them in psycopg's pipeline mode, which deadlocks when a batch is
+        large enough (megabytes of rejected payloads): both ends wait in `Pipeline.sync`
+        (psycopg issue #685; seen here with hostile input). A batch is a handful of
+        statements, so the round trips pipelining saves are few.
+        """
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.cursor() as curs:
+                self._insert_events(curs, stored_events, **kwargs)
+            if not stored_events:
+                return None
+            with conn.cursor() as curs:
+                self._insert_stored_events(curs, stored_events, **kwargs)
+                return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int, bytes | None]] = kwargs.get("positions", ())

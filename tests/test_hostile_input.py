@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from typing import Any
 
 import psycopg
@@ -403,3 +404,29 @@ def test_a_decision_whose_events_cannot_be_saved_is_unprocessable_and_the_rest_s
         "serializable. Please define and register a custom transcoding for this type."
     )
     assert balance(ledger, FUND) == 3_000
+
+
+#: Enough rejected payload in one batch (about 15 MB) to deadlock psycopg's pipeline mode.
+LARGE_REJECTIONS = 60
+LARGE_REJECTION_BYTES = 250_000
+#: A batch of this size saves in well under a second; minutes mean it hangs.
+LARGE_BATCH_SAVE_TIMEOUT_S = 120
+
+
+@pipeline
+def test_a_batch_of_megabytes_of_rejected_payloads_is_saved(database_url: str) -> None:
+    """Seen with hostile input: eventsourcing's pipelined insert hung in `Pipeline.sync` forever."""
+    ledger = open_ledger(database_url)
+    junk = b'{"junk": "' + b"x" * LARGE_REJECTION_BYTES  # not JSON: no closing quote or brace
+    batch = [Inbound.parse(junk, SourcePosition("t", 0, i)) for i in range(LARGE_REJECTIONS)]
+    batch.append(Inbound.parse(_text(contribution(HEFEI, "resident", 100_000)), SourcePosition("t", 0, 60)))
+    saved: list[list[Any]] = []
+    worker = threading.Thread(target=lambda: saved.append(record_batch(ledger, batch)), daemon=True)
+    worker.start()
+    worker.join(LARGE_BATCH_SAVE_TIMEOUT_S)
+    assert saved, f"the batch was not saved within {LARGE_BATCH_SAVE_TIMEOUT_S} s"
+    try:
+        assert statuses(saved[0]) == [("rejected", "invalid_json")] * 60 + [("accepted", None)]
+        assert balance(ledger, FUND) == 100_000
+    finally:
+        ledger.close()
