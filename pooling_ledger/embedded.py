@@ -100,24 +100,12 @@ def _is_root() -> bool:
     return os.name == "posix" and os.geteuid() == 0
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _looks_like_postgres(pid: int) -> bool:
     """Whether a running pid is a postgres process (conservatively True if it cannot be told)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
-        return _pid_alive(pid) and not Path("/proc/self").exists()
+        return processes.alive(pid) and not Path("/proc/self").exists()
     except OSError:
         return True
     if not raw:  # zombie (e.g. a SIGKILLed postmaster nobody reaped): not serving anything
@@ -307,7 +295,7 @@ class EmbeddedPostgres:
             log.warning("embedded_postgres.pid_file_unreadable_removed", path=str(pid_file))
             pid_file.unlink(missing_ok=True)
             return
-        if _pid_alive(pid) and _looks_like_postgres(pid):
+        if processes.alive(pid) and _looks_like_postgres(pid):
             raise RuntimeError(
                 f"PostgreSQL data directory {self.data_dir} is already served by a running "
                 f"postmaster (pid {pid}); stop it first (e.g. `kill -INT {pid}`)"

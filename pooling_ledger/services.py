@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import structlog
 
+from pooling_ledger import processes
 from pooling_ledger.database import prepare_database
 from pooling_ledger.embedded import (
     POSTGRES_SUPERUSER,
@@ -54,16 +55,6 @@ class ServiceUnavailable(RuntimeError):
     """A service the command needs is neither configured nor running."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _running_postgres_url(data_dir: Path) -> str | None:
     """The superuser's URL of a live embedded server on `data_dir` (postmaster.pid: pid, ..., port)."""
     try:
@@ -71,7 +62,7 @@ def _running_postgres_url(data_dir: Path) -> str | None:
         pid, port = int(lines[0]), int(lines[3])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-    if not _pid_alive(pid):
+    if not processes.alive(pid):
         return None
     return role_url(POSTGRES_SUPERUSER, read_password(data_dir, POSTGRES_SUPERUSER), port)
 
@@ -181,7 +172,7 @@ def _announced_broker(settings: Settings) -> str | None:
         announced = json.loads((settings.data_dir / "kafka.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return str(announced["bootstrap_servers"]) if _pid_alive(int(announced["pid"])) else None
+    return str(announced["bootstrap_servers"]) if processes.alive(int(announced["pid"])) else None
 
 
 @contextmanager
