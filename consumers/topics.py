@@ -75,6 +75,16 @@ def record_exists(bootstrap_servers: str, tp: TopicPartition, offset: int) -> bo
     return tp in records_at(bootstrap_servers, {tp: offset})
 
 
+def _probe_consumer(bootstrap_servers: str) -> KafkaConsumer:
+    """A short-lived consumer for one question to the broker, with bounded waits."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+    )
+
+
 def records_at(bootstrap_servers: str, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, ConsumerRecord]:
     """The record at the given offset of each partition, fetched; partitions without one are absent.
 
@@ -82,12 +92,7 @@ def records_at(bootstrap_servers: str, offsets: dict[TopicPartition, int]) -> di
     """
     if not offsets:
         return {}
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
-        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
-    )
+    consumer = _probe_consumer(bootstrap_servers)
     found: dict[TopicPartition, ConsumerRecord] = {}
     try:
         consumer.assign(list(offsets))
@@ -113,12 +118,7 @@ def log_start_offsets(bootstrap_servers: str, partitions: list[TopicPartition]) 
     """The first offset each partition still holds (above 0 once retention deleted records)."""
     if not partitions:
         return {}
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
-        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
-    )
+    consumer = _probe_consumer(bootstrap_servers)
     try:
         return dict(consumer.beginning_offsets(partitions, timeout_ms=KAFKA_REQUEST_TIMEOUT_MS))
     finally:
