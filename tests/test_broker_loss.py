@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,24 @@ def run_once(ledger: Ledger, bootstrap: str) -> tuple[ConsumeStats, Ingestor, Re
         ingestor.close()
         relay.close()
     return stats, ingestor, relay
+
+
+@contextmanager
+def consuming(ledger: Ledger, bootstrap: str) -> Iterator[tuple[Ingestor, Relay, list[ConsumeStats]]]:
+    """The consume loop in a thread while the block runs; its stats in the list once stopped."""
+    ingestor = Ingestor(ledger, bootstrap, TOPICS["events"], CONSUMER, 500, 200)
+    relay = Relay(ledger, bootstrap, TOPICS["ledger"], TOPICS["rejections"])
+    stop = threading.Event()
+    result: list[ConsumeStats] = []
+    runner = threading.Thread(target=lambda: result.append(consume(ingestor, relay, should_stop=stop.is_set)))
+    runner.start()
+    try:
+        yield ingestor, relay, result
+    finally:
+        stop.set()
+        runner.join(CATCH_UP_WAIT_S)
+        ingestor.close()
+        relay.close()
 
 
 def balances(ledger: Ledger) -> dict[str, int]:
@@ -176,13 +195,7 @@ def test_a_broker_lost_while_consume_runs_skips_nothing_and_the_relay_publishes_
     new = events(2_000, 250)
     new_bad = [(b"340200", b"")] * 12
     ledger = open_ledger(database_url)
-    ingestor = Ingestor(ledger, broker.bootstrap, TOPICS["events"], CONSUMER, 500, 200)
-    relay = Relay(ledger, broker.bootstrap, TOPICS["ledger"], TOPICS["rejections"])
-    stop = threading.Event()
-    result: list[ConsumeStats] = []
-    runner = threading.Thread(target=lambda: result.append(consume(ingestor, relay, should_stop=stop.is_set)))
-    runner.start()
-    try:
+    with consuming(ledger, broker.bootstrap) as (ingestor, _, result):
         publish(broker.bootstrap, TOPICS["events"], [*old, *bad])
         wait_for("the first outcomes", lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) == 400)
 
@@ -194,11 +207,6 @@ def test_a_broker_lost_while_consume_runs_skips_nothing_and_the_relay_publishes_
             lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) >= 1400
             and len(read_all(broker.bootstrap, TOPICS["rejections"])) >= 20,
         )
-    finally:
-        stop.set()
-        runner.join(CATCH_UP_WAIT_S)
-        ingestor.close()
-        relay.close()
 
     assert result[0].outcomes == Counter(accepted=1400, rejected=20)
     assert balances(ledger) == {city: 104_950 + 531_125 for city in CITIES}
@@ -220,13 +228,7 @@ def test_an_idle_relay_republishes_what_a_broker_lost_with_nothing_new_to_publis
     outcomes the broker lost are published again."""
     old = events(1_000, 50)
     ledger = open_ledger(database_url)
-    ingestor = Ingestor(ledger, broker.bootstrap, TOPICS["events"], CONSUMER, 500, 200)
-    relay = Relay(ledger, broker.bootstrap, TOPICS["ledger"], TOPICS["rejections"])
-    stop = threading.Event()
-    result: list[ConsumeStats] = []
-    runner = threading.Thread(target=lambda: result.append(consume(ingestor, relay, should_stop=stop.is_set)))
-    runner.start()
-    try:
+    with consuming(ledger, broker.bootstrap) as (ingestor, relay, result):
         publish(broker.bootstrap, TOPICS["events"], old)
         wait_for("the first outcomes", lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) == 200)
         broker.lose_everything()
@@ -235,11 +237,6 @@ def test_an_idle_relay_republishes_what_a_broker_lost_with_nothing_new_to_publis
         wait_for("the outcomes again", lambda: len(read_all(broker.bootstrap, TOPICS["ledger"])) >= 200)
         wait_for("the partitions read again", lambda: len(ingestor.resets) >= 4)
         wait_for("the duplicates booked", lambda: ingestor.lag() == 0)
-    finally:
-        stop.set()
-        runner.join(CATCH_UP_WAIT_S)
-        ingestor.close()
-        relay.close()
 
     assert result[0].outcomes == Counter(accepted=200, duplicate=200)
     assert {r.partition for r in ingestor.resets} == {0, 1, 2, 3}
