@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_chec
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, AggregateEvent
-from eventsourcing.persistence import IntegrityError, Notification, PersistenceError
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
 
 from ledger import accounts, decisions
 from ledger.aggregates import (
@@ -46,6 +46,8 @@ _Found = TypeVar("_Found", bound=Aggregate)
 
 #: Fund snapshots keep aggregate reconstruction bounded however long the history.
 FUND_SNAPSHOT_INTERVAL = 1000
+#: At most this many funds (and the policy book) are kept in memory between batches.
+HOT_AGGREGATES_MAX = 10_000
 #: An unexpected error is described in at most this many characters.
 ERROR_TEXT_CHARS_MAX = 1000
 
@@ -107,6 +109,13 @@ class FindsOriginators(Protocol):
     def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]: ...
 
 
+@runtime_checkable
+class KnowsVersions(Protocol):
+    """A recorder that can tell in one query the latest version of many aggregates (PostgreSQL)."""
+
+    def select_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]: ...
+
+
 @dataclass
 class _WorkingSet:
     """The aggregates one batch reads and changes; saved together or not at all.
@@ -119,47 +128,41 @@ class _WorkingSet:
     aggregates: dict[UUID, Aggregate] = field(default_factory=dict)
 
     def get(self, id: UUID, create: Callable[[], Aggregate] | None = None) -> Aggregate | None:
-        if id not in self.aggregates:
-            try:
-                found: Aggregate = self.ledger.repository.get(id)
-            except AggregateNotFoundError:
-                if create is None:
-                    return None
-                found = create()
-            else:
-                # The cache saves re-reading what this process wrote, but another writer (a
-                # consumer of other partitions, or of these after a rebalance) may have moved
-                # the aggregate on: a decision, even a rejection, is taken on its latest state.
-                for event in self.ledger.events.get(id, gt=found.version):
-                    cast(AggregateEvent, event).mutate(found)
-            self.aggregates[id] = found
-        return self.aggregates[id]
+        if id in self.aggregates:
+            return self.aggregates[id]
+        found = self.ledger.load(id)
+        if found is None:
+            if create is None:
+                return None
+            found = create()
+        self.aggregates[id] = found
+        return found
 
     def fund(self, account: str) -> Fund:
         fund = self.get(accounts.fund_id(account), lambda: Fund.open(account))
-        assert isinstance(fund, Fund)
+        assert type(fund) is Fund
         return fund
 
     def opened_fund(self, account: str) -> Fund | None:
         fund = self.get(accounts.fund_id(account))
-        assert fund is None or isinstance(fund, Fund)
+        assert fund is None or type(fund) is Fund
         return fund
 
     def receipt(self, id: UUID) -> Receipt | None:
         if id in self.aggregates or id in self.stored_receipt_ids:
             receipt = self.get(id)
-            assert isinstance(receipt, Receipt)
+            assert type(receipt) is Receipt
             return receipt
         return None
 
     def receipt_of(self, event_id: str) -> Receipt | None:
         receipt = self.get(receipt_id(event_id))
-        assert receipt is None or isinstance(receipt, Receipt)
+        assert receipt is None or type(receipt) is Receipt
         return receipt
 
     def policy_book(self) -> PolicyBook:
         book = self.get(POLICY_BOOK_ID, self.ledger.seeded_policy_book)
-        assert isinstance(book, PolicyBook)
+        assert type(book) is PolicyBook
         return book
 
     def add(self, aggregate: Aggregate) -> None:
@@ -171,18 +174,16 @@ class Ledger(Application[UUID]):
 
     name = "Ledger"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Fund: FUND_SNAPSHOT_INTERVAL}
-    # Aggregates stay in memory between batches; each is brought up to date with the events
-    # recorded since (by any writer) when a batch reads it, instead of being rebuilt.
-    env: ClassVar[dict[str, str]] = {
-        "AGGREGATE_CACHE_MAXSIZE": "5000",
-        "AGGREGATE_CACHE_FASTFORWARD": "n",
-    }
 
     def __init__(self, env: dict[str, str] | None = None, seed_policy: Policy | None = None):
         super().__init__(env)
         self.seed_policy = seed_policy or load_packaged_policy()
         #: The decision of each event type; a test may put a faulty one in its place.
         self.decisions: dict[str, decisions.Decision] = dict(decisions.DECISIONS)
+        #: The funds and the policy book as this process last saved or read them: kept in memory
+        #: between batches instead of rebuilt, and brought up to date at the start of each batch
+        #: with what other writers recorded since (`_catch_up`).
+        self._hot: dict[UUID, Aggregate] = {}
 
     # -- use cases ------------------------------------------------------------
 
@@ -202,27 +203,79 @@ class Ledger(Application[UUID]):
         failed: dict[int, str] = {}  # index in the batch -> the error deciding it raised
         encode_each = False  # after a save that failed to encode: find the message behind it
         while True:  # at most once per message of the batch, and once more to encode each
+            self._catch_up()
             work = _WorkingSet(self, self._stored_receipts(receipt_ids))
             try:
                 outcomes = self._record_all(batch, receipt_ids, failed, work, encode_each)
             except _DecisionFailed as failure:
                 failed[failure.index] = failure.text
+                self._forget_cached_aggregates()  # the failed decision may have changed them
                 continue
+            except BaseException:
+                self._forget_cached_aggregates()
+                raise
             try:
                 self.save(*work.aggregates.values(), **save_kwargs)
             except IntegrityError:
                 self._forget_cached_aggregates()  # another writer moved them on
                 raise
             except PersistenceError:
+                self._forget_cached_aggregates()  # changed in memory, not saved
                 raise
             except Exception as error:
+                self._forget_cached_aggregates()
                 if encode_each:
                     raise  # not the events of any one message: not for a rejection to hide
                 log.error("batch_save_failed", error=error_text(error), size=len(batch),
                           action="deciding the batch again, encoding each message's events")
                 encode_each = True
                 continue
+            for aggregate in work.aggregates.values():
+                if type(aggregate) is Fund or type(aggregate) is PolicyBook:
+                    self._hot[aggregate.id] = aggregate
             return outcomes
+
+    def load(self, id: UUID) -> Aggregate | None:
+        """The aggregate `id` as last saved or read by this process, else from the store."""
+        found = self._hot.get(id)
+        if found is None:
+            try:
+                found = self.repository.get(id)
+            except AggregateNotFoundError:
+                return None
+            if type(found) is Fund or type(found) is PolicyBook:
+                if len(self._hot) >= HOT_AGGREGATES_MAX:
+                    self._hot.clear()
+                self._hot[id] = found
+        return found
+
+    def _catch_up(self) -> None:
+        """Brings the aggregates kept in memory up to date with what other writers recorded.
+
+        One query for all of them: a consumer of other partitions writes the shared ones (the
+        adjustment funds, the policy book), and after a rebalance anyone's. A decision, even a
+        rejection, is taken on the latest state; a save that still loses a race meanwhile
+        fails on the aggregate's version and the batch is decided again.
+        """
+        if not self._hot or not isinstance(self.recorder, KnowsVersions):
+            return
+        for id, version in self.recorder.select_versions(list(self._hot)).items():
+            aggregate = self._hot[id]
+            if version > aggregate.version:
+                for event in self.events.get(id, gt=aggregate.version):
+                    cast(AggregateEvent, event).mutate(aggregate)
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Application.save without its per-object Protocol checks: `objs` are aggregates."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in objs:
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def _record_all(
         self,
@@ -393,7 +446,7 @@ class Ledger(Application[UUID]):
         return {i for i in ids if self.recorder.select_events(i, limit=1)}
 
     def _forget_cached_aggregates(self) -> None:
-        self._repository = self.construct_repository()
+        self._hot.clear()
 
     def notifications(self, topics: Sequence[str] = (), page_size: int = 10_000) -> Iterator[Any]:
         """Every recorded domain event in notification order (the auditor's replay)."""

@@ -17,6 +17,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 __all__ = [
     "JSON_DEPTH_MAX",
     "JSON_NUMBER_CHARS_MAX",
@@ -95,6 +97,44 @@ _DECODER = json.JSONDecoder(
 
 def loads(raw: bytes) -> Any:
     """The JSON value of `raw` (UTF-8), within the limits above."""
+    flat = _flat_object(raw)
+    if flat is not None:
+        return flat
+    return _loads_checked(raw)
+
+
+_FLAT_SCALARS = (str, int, bool, type(None))
+#: The end of a key: a closing quote, JSON whitespace, a colon.
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+
+
+def _flat_object(raw: bytes) -> dict[str, Any] | None:
+    """The common case, fast: a flat object of strings, integers, booleans and nulls.
+
+    orjson parses it; the result is trusted only where orjson cannot have accepted what
+    `_loads_checked` refuses. Without a backslash in the text, no string holds an escape (so no
+    NUL, no lone surrogate, no quote), so every quote followed by a colon ends a key: as many of
+    them as keys parsed means no key was repeated. orjson refuses NaN, invalid UTF-8 and integers past
+    64 bits itself. Anything else (escapes, nesting, a float, spacing before a colon, an
+    error) is left to the exact parser, which also words the refusal.
+    """
+    if b"\\" in raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is not dict or len(_KEY_END.findall(raw)) != len(value):
+        return None
+    for key, item in value.items():
+        if type(item) not in _FLAT_SCALARS or len(key) > JSON_STRING_CHARS_MAX:
+            return None
+        if type(item) is str and len(item) > JSON_STRING_CHARS_MAX:
+            return None
+    return value
+
+
+def _loads_checked(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

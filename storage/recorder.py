@@ -101,12 +101,16 @@ class LedgerRecorder(PostgresProcessRecorder):
         # binary, skipping the text escaping of every stored event (a third of a batch's time).
         self._insert_columns = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(schema=schema, table=table)
         self._select_existing = SQL(
             "SELECT DISTINCT originator_id FROM {schema}.{table}"
-            " WHERE originator_id = ANY(%s) AND originator_version = 1"
+            " WHERE originator_id = ANY(%b) AND originator_version = 1"
+        ).format(schema=schema, table=table)
+        self._select_versions = SQL(
+            "SELECT k.id, (SELECT max(e.originator_version) FROM {schema}.{table} e"
+            " WHERE e.originator_id = k.id) AS version FROM unnest(%b::uuid[]) AS k(id)"
         ).format(schema=schema, table=table)
 
     def create_table(self) -> None:
@@ -181,7 +185,6 @@ class LedgerRecorder(PostgresProcessRecorder):
                 [e.topic for e in stored_events],
                 [e.state for e in stored_events],
             ),
-            binary=True,
         )
 
     def select_positions(self, consumer: str) -> dict[tuple[str, int], tuple[int, bytes | None]]:
@@ -213,6 +216,14 @@ class LedgerRecorder(PostgresProcessRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_relay_marks, (relay,))
             return {(r["topic"], r["partition"]): (r["notification_id"], r["kafka_offset"]) for r in curs.fetchall()}
+
+    def select_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The latest version of each aggregate of `ids` that exists, in one query."""
+        if not ids:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_versions, (list(ids),))
+            return {r["id"]: r["version"] for r in curs.fetchall() if r["version"] is not None}
 
     def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]:
         if not ids:
