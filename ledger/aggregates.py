@@ -77,6 +77,8 @@ class Fund(Aggregate):
         self.closed_years: dict[int, int] = {}
         # the latest business day (CST, ISO) a movement of this fund happened on
         self.last_business_day: str | None = None
+        # legs booked (and applied) but not yet in an event (`book`)
+        self._unsaved_legs: list[dict[str, Any]] = []
 
     @classmethod
     def open(cls, account: str) -> Fund:
@@ -89,8 +91,39 @@ class Fund(Aggregate):
 
         A transfer between two funds is checked on both (P1, E1, M1: `ledger.decisions.book`)
         before either books, so a rule broken on the second leaves the first unchanged.
+
+        The leg changes the fund at once; it is recorded with the others this fund books in
+        the same batch, in one `Booked` event, made when the batch is saved (or before the
+        fund records anything else): a batch costs one stored event per fund it moves, not
+        one per leg.
         """
-        self.trigger_event(self.TransferBooked, **transfer.as_booking())
+        leg = transfer.as_booking()
+        _apply_leg(self, leg)
+        self._unsaved_legs.append(leg)
+
+    def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
+        self._record_legs()
+        super().trigger_event(event_class, **kwargs)
+
+    def collect_events(self) -> Any:
+        self._record_legs()
+        return super().collect_events()
+
+    def _record_legs(self) -> None:
+        """The legs booked since the last event, as one `Booked` event (already applied)."""
+        if not self._unsaved_legs:
+            return
+        fields: dict[str, Any] = {
+            "originator_id": self.id,
+            "originator_version": self.version + 1,
+            "timestamp": self.Booked.create_timestamp(),
+            "legs": self._unsaved_legs,
+        }
+        event = self.Booked(**fields)
+        self._unsaved_legs = []
+        self.version = event.originator_version
+        self.modified_on = event.timestamp
+        self._pending_events.append(event)
 
     def record_opening(self, transfer: Transfer, previous_year_income_fen: int, fiscal_year: int) -> None:
         self.check_period_open(transfer.fiscal_year)
@@ -418,17 +451,17 @@ class Fund(Aggregate):
         prior_year_adjustment: bool
 
         def apply(self, aggregate: Aggregate) -> None:
+            _apply_leg(cast(Fund, aggregate), vars(self))
+
+    class Booked(AggregateEvent):
+        """The legs a fund booked in one batch, in order (each as `TransferBooked` would hold it)."""
+
+        legs: list[dict[str, Any]]
+
+        def apply(self, aggregate: Aggregate) -> None:
             fund = cast(Fund, aggregate)
-            delta = fund.delta_fen(self)
-            fund.balance_fen += delta
-            fund.booking_count += 1
-            sign = -1 if self.reversal_of else 1
-            year = fund.totals_fen.setdefault(self.fiscal_year, {})
-            year[self.category] = year.get(self.category, 0) + sign * self.amount_fen
-            if self.category != OPENING_CATEGORY:
-                fund.year_net_fen[self.fiscal_year] = fund.year_net_fen.get(self.fiscal_year, 0) + delta
-            day = business_date_of(datetime.fromisoformat(self.occurred_at)).isoformat()
-            fund.last_business_day = max(day, fund.last_business_day or day)
+            for leg in self.legs:
+                _apply_leg(fund, leg)
 
     class OpeningRecorded(TransferBooked):
         previous_year_income_fen: int
@@ -466,6 +499,26 @@ class Fund(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             cast(Fund, aggregate).closed_years[self.fiscal_year] = self.income_fen
+
+
+def _apply_leg(fund: Fund, leg: dict[str, Any]) -> None:
+    """How one leg (`Transfer.as_booking`'s fields) changes the fund it is booked on."""
+    amount_fen: int = leg["amount_fen"]
+    if leg["credit_account"] == fund.account:
+        delta = amount_fen
+    else:
+        assert leg["debit_account"] == fund.account, (leg, fund.account)
+        delta = -amount_fen
+    fund.balance_fen += delta
+    fund.booking_count += 1
+    fiscal_year: int = leg["fiscal_year"]
+    category: str = leg["category"]
+    year = fund.totals_fen.setdefault(fiscal_year, {})
+    year[category] = year.get(category, 0) + (-amount_fen if leg["reversal_of"] else amount_fen)
+    if category != OPENING_CATEGORY:
+        fund.year_net_fen[fiscal_year] = fund.year_net_fen.get(fiscal_year, 0) + delta
+    day = business_date_of(datetime.fromisoformat(leg["occurred_at"])).isoformat()
+    fund.last_business_day = max(day, fund.last_business_day or day)
 
 
 def receipt_id(event_id: str) -> UUID:

@@ -44,8 +44,9 @@ from schemas.policy import Policy
 log = structlog.get_logger("ledger")
 _Found = TypeVar("_Found", bound=Aggregate)
 
-#: Fund snapshots keep aggregate reconstruction bounded however long the history.
-FUND_SNAPSHOT_INTERVAL = 1000
+#: Fund snapshots keep aggregate reconstruction bounded however long the history: one every
+#: this many events of the fund (an event holds the legs one batch booked on it).
+FUND_SNAPSHOT_INTERVAL = 100
 #: At most this many funds (and the policy book) are kept in memory between batches.
 HOT_AGGREGATES_MAX = 10_000
 #: An unexpected error is described in at most this many characters.

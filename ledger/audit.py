@@ -9,7 +9,7 @@ compared with the aggregates and must sum to zero (M3).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,8 +19,11 @@ from eventsourcing.utils import get_topic
 
 from ledger import accounts
 from ledger.aggregates import Fund
+from ledger.movements import Transfer
 
-FUND_EVENT_TOPICS = (get_topic(Fund.TransferBooked), get_topic(Fund.OpeningRecorded))
+FUND_EVENT_TOPICS = (
+    get_topic(Fund.Booked), get_topic(Fund.TransferBooked), get_topic(Fund.OpeningRecorded)
+)
 
 
 @dataclass
@@ -29,7 +32,7 @@ class TrialBalance:
     balances_fen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     transfer_count: int = 0
 
-    def post(self, fund_id: UUID, transfer: Fund.TransferBooked) -> None:
+    def post(self, fund_id: UUID, transfer: Transfer) -> None:
         """Posts the legs of `transfer` recorded by the fund `fund_id`."""
         for account, sign in ((transfer.debit_account, -1), (transfer.credit_account, 1)):
             if not accounts.is_fund(account) or accounts.fund_id(account) == fund_id:
@@ -52,13 +55,21 @@ class TrialBalance:
         }
 
 
+def legs(events: Iterable[Any]) -> Iterator[tuple[UUID, Transfer]]:
+    """Each leg the fund events `events` recorded, with the id of the fund that booked it."""
+    for event in events:
+        if isinstance(event, Fund.Booked):
+            for leg in event.legs:
+                yield event.originator_id, Transfer.from_booking(leg)
+        elif isinstance(event, Fund.TransferBooked):
+            yield event.originator_id, Transfer.from_booking(vars(event))
+
+
 def fold(events: Iterable[Any], as_of: datetime | None = None) -> TrialBalance:
     """The trial balance of the fund events `events`, up to business time `as_of`."""
     result = TrialBalance(as_of=as_of)
-    for event in events:
-        if not isinstance(event, Fund.TransferBooked):
+    for fund_id, leg in legs(events):
+        if as_of is not None and datetime.fromisoformat(leg.occurred_at) > as_of:
             continue
-        if as_of is not None and datetime.fromisoformat(event.occurred_at) > as_of:
-            continue
-        result.post(event.originator_id, event)
+        result.post(fund_id, leg)
     return result

@@ -26,6 +26,7 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from schemas.policy import Policy
+from storage.transcoder import FAST_MAPPING_ENV
 
 POSITIONS_TABLE = "kafka_positions"
 RELAY_MARKS_TABLE = "relay_marks"
@@ -272,6 +273,7 @@ def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str
         "POSTGRES_MAX_OVERFLOW": "4",
         "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
         "CREATE_TABLE": "y" if create_tables else "n",
+        **FAST_MAPPING_ENV,
     }
 
 

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from ledger import accounts, audit
-from ledger.aggregates import EXTRACTION_CATEGORY, Fund
+from ledger.aggregates import EXTRACTION_CATEGORY
 from ledger.application import Ledger, Outcome
 from tests.upstream import (
     allocation,
@@ -309,9 +309,9 @@ def check_province_ceilings(ledger: Ledger, ceilings: dict[str, int]) -> None:
     """X4, replayed from the store: every extraction into a provincial fund left it <= ceiling."""
     province_ids = {accounts.fund_id(accounts.province_adjustment(s)): s for s in SCHEMES}
     balances: dict[str, int] = defaultdict(int)
-    for _, event in ledger.notifications(audit.FUND_EVENT_TOPICS):
-        scheme = province_ids.get(event.originator_id)
-        if scheme is None or not isinstance(event, Fund.TransferBooked):
+    for fund_id, event in audit.legs(e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS)):
+        scheme = province_ids.get(fund_id)
+        if scheme is None:
             continue
         account = accounts.province_adjustment(scheme)
         incoming = event.credit_account == account
