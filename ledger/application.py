@@ -15,6 +15,7 @@ Bytes, digests, Kafka positions, retries and locks are the adapters' business
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID
@@ -465,6 +466,40 @@ class Ledger(Application[UUID]):
                 return
             yield from page
             start = page[-1].id + 1
+
+
+class InMemoryLedger(Ledger):
+    """The ledger on plain in-memory state, storing nothing: the auditor's replay.
+
+    Every aggregate lives in a dict. A batch works on copies of what it reads, so a batch
+    whose decision fails leaves nothing half-changed; its save puts the copies in place. Of
+    a receipt only the fate is kept (not the payload it was decided on), which is all a
+    later decision reads of it (I1, P2).
+    """
+
+    def __init__(self, seed_policy: Policy | None = None) -> None:
+        super().__init__(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=seed_policy)
+        self._memory: dict[UUID, Aggregate] = {}
+
+    def load(self, id: UUID) -> Aggregate | None:
+        found = self._memory.get(id)
+        return deepcopy(found) if found is not None else None
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        for aggregate in objs:
+            aggregate.collect_events()
+            if type(aggregate) is Receipt:
+                aggregate.payload = None
+            self._memory[aggregate.id] = aggregate
+        return []
+
+    def _stored_receipts(self, ids: Sequence[UUID]) -> set[UUID]:
+        return {i for i in ids if i in self._memory}
+
+    def _find(self, id: UUID, kind: type[_Found]) -> _Found | None:
+        found = self._memory.get(id)
+        assert found is None or isinstance(found, kind), (id, type(found))
+        return found
 
 
 class _DecisionFailed(Exception):

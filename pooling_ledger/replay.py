@@ -15,16 +15,16 @@ fates are not: they record a failure of the ledger, not a decision, and are coun
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from eventsourcing.utils import get_topic
 
 from consumers.booking import record_batch
 from consumers.inbound import MESSAGE_SIZE_MAX_BYTES, Inbound, SourcePosition
 from ledger.aggregates import Fund, PolicyBook, Receipt
-from ledger.application import Ledger, Outcome
+from ledger.application import InMemoryLedger, Ledger, Outcome
 from ledger.errors import Reason
 from schemas.policy import Policy
 
@@ -63,15 +63,34 @@ def seed_policy_of(ledger: Ledger) -> Policy | None:
     return None
 
 
+_ACCEPTED = get_topic(Receipt.Accepted)
+_REJECTED = get_topic(Receipt.Rejected)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A recorded fate, as stored: the receipt event's topic and fields (not decoded into an
+    event object, which replay has no use for)."""
+
+    topic: str
+    fields: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.fields.get("event_id") or f"message at {self.fields.get('source')}")
+
+
 def replay(recorded: Ledger, message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES) -> Replay:
     result = Replay()
-    fresh = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=seed_policy_of(recorded))
-    batch: list[tuple[Inbound, Any]] = []
-    for _, event in recorded.notifications(TOPICS):
-        if getattr(event, "reason", None) == Reason.unprocessable.value:
+    fresh = InMemoryLedger(seed_policy=seed_policy_of(recorded))
+    decode = recorded.mapper.transcoder.decode
+    batch: list[tuple[Inbound, _Recorded]] = []
+    for notification in recorded.stored_notifications(TOPICS):
+        fate = _Recorded(notification.topic, decode(notification.state))
+        if fate.fields.get("reason") == Reason.unprocessable.value:
             result.unprocessable += 1  # nothing was booked; a re-submission has its own receipt
             continue
-        batch.append((_inbound(event, message_size_max_bytes), event))
+        batch.append((_inbound(fate, message_size_max_bytes), fate))
         if len(batch) >= REPLAY_BATCH_SIZE_MAX:
             _decide_and_compare(fresh, batch, result)
             batch = []
@@ -80,48 +99,50 @@ def replay(recorded: Ledger, message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTE
     return result
 
 
-def _inbound(event: Any, message_size_max_bytes: int) -> Inbound:
+def _inbound(fate: _Recorded, message_size_max_bytes: int) -> Inbound:
     """The message as the ledger received it, rebuilt from what the receipt kept.
 
     A rejection without a JSON payload kept the bytes (`raw_base64`, maybe empty), only the
     first ones of a message above the size limit (`raw_size_bytes` tells the size), or,
     for a tombstone, nothing at all.
     """
-    raw_base64 = getattr(event, "raw_base64", None)
+    fields = fate.fields
+    raw_base64 = fields.get("raw_base64")
+    payload = fields.get("payload")
     raw: bytes | None
     if raw_base64 is not None:
         raw = base64.b64decode(raw_base64)
-    elif event.payload is None and isinstance(event, Receipt.Rejected):
+    elif payload is None and fate.topic == _REJECTED:
         raw = None  # a tombstone
     else:
-        raw = json.dumps(event.payload).encode()
-    source = event.source
+        raw = orjson.dumps(payload)
+    source = fields.get("source")
     position = SourcePosition(source["topic"], source["partition"], source["offset"]) if source else None
-    size_bytes = getattr(event, "raw_size_bytes", None) if raw_base64 is not None else None
+    size_bytes = fields.get("raw_size_bytes") if raw_base64 is not None else None
     return Inbound.parse(raw, position, message_size_max_bytes, size_bytes=size_bytes)
 
 
-def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, Any]], result: Replay) -> None:
+def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, _Recorded]], result: Replay) -> None:
     if not batch:
         return
     outcomes = record_batch(fresh, [inbound for inbound, _ in batch])
-    for (_, recorded), outcome in zip(batch, outcomes, strict=True):
+    for (_, fate), outcome in zip(batch, outcomes, strict=True):
         result.decisions += 1
-        _compare(fresh, recorded, outcome, result)
+        _compare(fresh, fate, outcome, result)
 
 
-def _compare(fresh: Ledger, recorded: Any, outcome: Outcome, result: Replay) -> None:
-    name = recorded.event_id or f"message at {recorded.source}"
-    if isinstance(recorded, Receipt.Accepted):
+def _compare(fresh: Ledger, fate: _Recorded, outcome: Outcome, result: Replay) -> None:
+    fields = fate.fields
+    if fate.topic == _ACCEPTED:
         if outcome.status != "accepted":
-            result.differ(f"{name}: recorded accepted, replayed {outcome.status} ({outcome.reason})")
+            result.differ(f"{fate.name}: recorded accepted, replayed {outcome.status} ({outcome.reason})")
             return
-        replayed = fresh.receipt(str(recorded.event_id))
-        if replayed is None or replayed.transfer != recorded.transfer:
-            result.differ(f"{name}: recorded transfer {recorded.transfer}, replayed "
+        replayed = fresh.receipt(str(fields["event_id"]))
+        if replayed is None or replayed.transfer != fields["transfer"]:
+            result.differ(f"{fate.name}: recorded transfer {fields['transfer']}, replayed "
                           f"{replayed.transfer if replayed else None}")
-    elif outcome.status != "rejected" or outcome.reason != recorded.reason:
-        result.differ(f"{name}: recorded rejected ({recorded.reason}), replayed "
+    elif outcome.status != "rejected" or outcome.reason != fields["reason"]:
+        result.differ(f"{fate.name}: recorded rejected ({fields['reason']}), replayed "
                       f"{outcome.status} ({outcome.reason})")
 
 

@@ -11,13 +11,17 @@ PostgreSQL itself and answers "which of these receipts exist?" in one query.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import StoredEvent, Tracking
-from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresFactory,
+    PostgresProcessRecorder,
+)
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
 from psycopg.conninfo import conninfo_to_dict
@@ -31,6 +35,29 @@ from storage.transcoder import FAST_MAPPING_ENV
 POSITIONS_TABLE = "kafka_positions"
 RELAY_MARKS_TABLE = "relay_marks"
 SCHEMA_LOCK = "pooling-ledger:schema"
+
+
+@contextmanager
+def serialised(datastore: Any, keys: Sequence[str]) -> Iterator[None]:
+    """Holds a session advisory lock per key (in order, so writers never deadlock)."""
+    with datastore.get_connection() as conn:
+        autocommit = conn.autocommit  # the pool's connections are autocommit: leave it so
+        conn.autocommit = True
+        try:
+            for key in keys:
+                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+            conn.autocommit = autocommit
+
+
+class SnapshotRecorder(PostgresAggregateRecorder):
+    """The snapshot table, created under the same lock as the rest of the schema."""
+
+    def create_table(self) -> None:
+        with serialised(self.datastore, [SCHEMA_LOCK]):
+            super().create_table()
 
 
 class LedgerRecorder(PostgresProcessRecorder):
@@ -116,22 +143,12 @@ class LedgerRecorder(PostgresProcessRecorder):
 
     def create_table(self) -> None:
         """Creates the schema once, however many processes open the ledger at the same time."""
-        with self.serialised([SCHEMA_LOCK]):
+        with serialised(self.datastore, [SCHEMA_LOCK]):
             super().create_table()
 
-    @contextmanager
-    def serialised(self, keys: Sequence[str]) -> Iterator[None]:
+    def serialised(self, keys: Sequence[str]) -> AbstractContextManager[None]:
         """Holds a session advisory lock per key (in order, so writers never deadlock)."""
-        with self.datastore.get_connection() as conn:
-            autocommit = conn.autocommit  # the pool's connections are autocommit: leave it so
-            conn.autocommit = True
-            try:
-                for key in keys:
-                    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock_all()")
-                conn.autocommit = autocommit
+        return serialised(self.datastore, keys)
 
     def try_lease(self, key: str) -> Lease | None:
         """A session advisory lock on `key` held until released, or None if another process holds it.
@@ -234,6 +251,13 @@ class LedgerRecorder(PostgresProcessRecorder):
             return {r["originator_id"] for r in curs.fetchall()}
 
 
+class LedgerFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL persistence with the ledger's recorders."""
+
+    aggregate_recorder_class = SnapshotRecorder
+    application_recorder_class = LedgerRecorder
+
+
 def _bytes_or_none(value: object) -> bytes | None:
     return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else None
 
@@ -263,7 +287,7 @@ def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str
     """eventsourcing's PostgreSQL settings from a libpq URL."""
     parts = conninfo_to_dict(database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": get_topic(LedgerFactory),
         "POSTGRES_DBNAME": str(parts.get("dbname") or "postgres"),
         "POSTGRES_HOST": str(parts.get("host") or "127.0.0.1"),
         "POSTGRES_PORT": str(parts.get("port") or "5432"),
