@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from ledger.application import Message, error_text
 from ledger.errors import Reason, Rejected
 from schemas.events import (
@@ -114,13 +116,14 @@ class Inbound:
         if self.event is None:
             assert self.error is not None
             return self._message_of_bytes(self.error)
+        canonical = self.event.model_dump_json().encode()  # what the digest is taken of (I1)
         return Message(
             event=self.event,
             refusal=None,
             event_id=str(self.event.event_id),
             event_type=self.event.type,
-            payload=self.event.model_dump(mode="json"),
-            payload_digest=hashlib.sha256(self.event.model_dump_json().encode()).hexdigest(),
+            payload=orjson.loads(canonical),  # = model_dump(mode="json"), at a fraction of its cost
+            payload_digest=hashlib.sha256(canonical).hexdigest(),
             delivery_key=self._delivery_key(),
             source=self._source(),
         )

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
@@ -130,6 +131,15 @@ def _outcome_payload(event: Any, payload: dict[str, Any] | None) -> dict[str, An
 def _kept_whole(raw_base64: str, size_bytes: int | None) -> bool:
     """Whether a receipt kept all of a message's bytes (base64 of n bytes is 4 * ceil(n / 3) long)."""
     return size_bytes is None or len(raw_base64) == 4 * -(-size_bytes // 3)
+
+
+def outcome_bytes(value: dict[str, Any]) -> bytes:
+    """An outcome message's value: UTF-8 JSON with sorted keys (orjson; Python's json for what
+    orjson cannot write, such as an integer past 64 bits in a rejected payload)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
 
 
 def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str, Any]] | None:
@@ -518,7 +528,7 @@ class Relay:
             future = self.producer.send(
                 topic,
                 key=key,
-                value=json.dumps(value, ensure_ascii=False, sort_keys=True).encode(),
+                value=outcome_bytes(value),
                 partition=partition,
                 headers=[(NOTIFICATION_HEADER, str(notification_id).encode())],
             )
