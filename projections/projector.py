@@ -110,7 +110,7 @@ class _Page:
             amount = sign * transfer["amount_fen"]
             self.postings.append(
                 (notification_id, event.event_id, event.event_type, account, counter, amount,
-                 transfer["category"], subcategory, transfer.get("reversal_of"), account,
+                 transfer["category"], subcategory, transfer.get("reversal_of"),
                  transfer["fiscal_year"], occurred_at, day, bool(transfer.get("prior_year_adjustment")))
             )
             self.balances[account] += amount
@@ -167,15 +167,40 @@ class _Page:
         )
 
     def write(self, conn: psycopg.Connection[Any]) -> None:
+        """The page's rows, in one transaction: the many (fates, postings) by COPY into staging
+        tables and one `INSERT ... SELECT` each, the few (per-page totals) by executemany."""
         with conn.cursor() as cur:
-            cur.executemany(
-                # A reversal nets out of its original's sub-category (the hospital level of a
-                # claim), which only the original's posting knows.
-                "INSERT INTO pl_postings VALUES (%s,%s,%s,%s,%s,%s,%s, coalesce(%s,"
-                " (SELECT o.subcategory FROM pl_postings o WHERE o.event_id = %s AND o.account = %s"
-                " LIMIT 1)), %s,%s,%s,%s)",
-                self.postings,
+            cur.execute(_STAGING_DDL)
+            with cur.copy("COPY pl_stage_events FROM STDIN") as copy:
+                for row in _first_fates(self.events):
+                    copy.write_row(row)
+            # The first fate of an event_id stands, except `unprocessable`, which is not final:
+            # the same message published again once the bug is fixed gets its real fate.
+            cur.execute(
+                "INSERT INTO pl_events AS e SELECT * FROM pl_stage_events"
+                " ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status,"
+                " reason = EXCLUDED.reason, detail = EXCLUDED.detail, event_type = EXCLUDED.event_type,"
+                " source_service = EXCLUDED.source_service, kafka_topic = EXCLUDED.kafka_topic,"
+                " kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset,"
+                " notification_id = EXCLUDED.notification_id WHERE e.reason = 'unprocessable'"
             )
+            with cur.copy("COPY pl_stage_postings FROM STDIN") as copy:
+                for row in self.postings:
+                    copy.write_row(row)
+            # A reversal nets out of its original's sub-category (the hospital level of a claim),
+            # which only the original's posting knows: found through the original's fate, once
+            # the originals (maybe of this very page) are in.
+            for reversals in (False, True):
+                cur.execute(
+                    "INSERT INTO pl_postings SELECT s.notification_id, s.event_id, s.event_type,"
+                    " s.account, s.counter_account, s.amount_fen, s.category, coalesce(s.subcategory,"
+                    " (SELECT o.subcategory FROM pl_events e JOIN pl_postings o"
+                    "  ON o.account = s.account AND o.notification_id = e.notification_id"
+                    "  WHERE e.event_id = s.reversal_of LIMIT 1)),"
+                    " s.fiscal_year, s.occurred_at, s.business_date, s.prior_year_adjustment"
+                    " FROM pl_stage_postings s WHERE (s.reversal_of IS NOT NULL) = %s",
+                    (reversals,),
+                )
             self._resolve_subcategories(cur)
             cur.executemany(
                 "INSERT INTO pl_account_year_totals VALUES (%s,%s,%s,%s,%s,%s)"
@@ -201,17 +226,6 @@ class _Page:
                 [(a, d, n) for (a, d), n in sorted(self.daily.items())],
             )
             cur.executemany(
-                # The first fate of an event_id stands, except `unprocessable`, which is not final:
-                # the same message published again once the bug is fixed gets its real fate.
-                "INSERT INTO pl_events AS e VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status,"
-                " reason = EXCLUDED.reason, detail = EXCLUDED.detail, event_type = EXCLUDED.event_type,"
-                " source_service = EXCLUDED.source_service, kafka_topic = EXCLUDED.kafka_topic,"
-                " kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset,"
-                " notification_id = EXCLUDED.notification_id WHERE e.reason = 'unprocessable'",
-                self.events,
-            )
-            cur.executemany(
                 "INSERT INTO pl_rejections VALUES (%s, %s, %s) ON CONFLICT (reason, source_service)"
                 " DO UPDATE SET count = pl_rejections.count + EXCLUDED.count",
                 [(r, s, n) for (r, s), n in sorted(self.rejections.items())],
@@ -229,6 +243,28 @@ class _Page:
                 "INSERT INTO pl_closed_years VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", self.closed_years
             )
             cur.executemany("INSERT INTO pl_policies VALUES (%s,%s,%s)", self.policies)
+
+
+#: The staging tables of one page (this session's, emptied at commit).
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS pl_stage_events (LIKE pl_events) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS pl_stage_postings ("
+    " notification_id bigint, event_id text, event_type text, account text, counter_account text,"
+    " amount_fen bigint, category text, subcategory text, reversal_of text, fiscal_year integer,"
+    " occurred_at timestamptz, business_date date, prior_year_adjustment boolean)"
+    " ON COMMIT DELETE ROWS"
+)
+
+
+def _first_fates(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per event_id of a page, as applying them one by one would leave it: the first
+    fate stands, unless it is `unprocessable` (then a later one takes its place)."""
+    kept: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        first = kept.get(row[0])
+        if first is None or first[2] == "unprocessable":
+            kept[row[0]] = row
+    return list(kept.values())
 
 
 def _service(payload: dict[str, Any] | None) -> str:
