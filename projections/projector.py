@@ -21,6 +21,7 @@ from ledger import accounts
 from ledger.aggregates import CLAIM_PREFIX, Fund, PolicyBook, Receipt
 from ledger.application import Ledger
 from ledger.clock import business_date_of
+from projections.rebuild import rebuild_from_zero
 
 log = structlog.get_logger("projections")
 
@@ -202,47 +203,51 @@ class _Page:
                     (reversals,),
                 )
             self._resolve_subcategories(cur)
-            cur.executemany(
-                "INSERT INTO pl_account_year_totals VALUES (%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (fiscal_year, account, category, subcategory) DO UPDATE SET"
-                " amount_fen = pl_account_year_totals.amount_fen + EXCLUDED.amount_fen,"
-                " postings = pl_account_year_totals.postings + EXCLUDED.postings",
-                [(*k, fen, n) for k, (fen, n) in sorted(self.year_totals.items())],
-            )
-            cur.executemany(
-                "INSERT INTO pl_account_monthly_claims VALUES (%s,%s,%s,%s) ON CONFLICT (account, month)"
-                " DO UPDATE SET amount_fen = pl_account_monthly_claims.amount_fen + EXCLUDED.amount_fen,"
-                " postings = pl_account_monthly_claims.postings + EXCLUDED.postings",
-                [(*k, fen, n) for k, (fen, n) in sorted(self.monthly_claims.items())],
-            )
-            cur.executemany(
-                "INSERT INTO pl_account_balances VALUES (%s, %s) ON CONFLICT (account) DO UPDATE"
-                " SET balance_fen = pl_account_balances.balance_fen + EXCLUDED.balance_fen",
-                sorted(self.balances.items()),
-            )
-            cur.executemany(
-                "INSERT INTO pl_account_daily VALUES (%s, %s, %s) ON CONFLICT (account, business_date)"
-                " DO UPDATE SET net_fen = pl_account_daily.net_fen + EXCLUDED.net_fen",
-                [(a, d, n) for (a, d), n in sorted(self.daily.items())],
-            )
-            cur.executemany(
-                "INSERT INTO pl_rejections VALUES (%s, %s, %s) ON CONFLICT (reason, source_service)"
-                " DO UPDATE SET count = pl_rejections.count + EXCLUDED.count",
-                [(r, s, n) for (r, s), n in sorted(self.rejections.items())],
-            )
-            cur.executemany(
-                "INSERT INTO pl_budgets VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (city, scheme, fiscal_year)"
-                " DO UPDATE SET income_fen = EXCLUDED.income_fen, expenditure_fen = EXCLUDED.expenditure_fen,"
-                " kind = EXCLUDED.kind, event_id = EXCLUDED.event_id",
-                self.budgets,
-            )
-            cur.executemany(
-                "INSERT INTO pl_openings VALUES (%s,%s,%s,%s) ON CONFLICT (account) DO NOTHING", self.openings
-            )
-            cur.executemany(
-                "INSERT INTO pl_closed_years VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", self.closed_years
-            )
-            cur.executemany("INSERT INTO pl_policies VALUES (%s,%s,%s)", self.policies)
+            self.write_others(cur)
+
+    def write_others(self, cur: psycopg.Cursor[Any]) -> None:
+        """The page's per-page totals and its few rows of other kinds."""
+        cur.executemany(
+            "INSERT INTO pl_account_year_totals VALUES (%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (fiscal_year, account, category, subcategory) DO UPDATE SET"
+            " amount_fen = pl_account_year_totals.amount_fen + EXCLUDED.amount_fen,"
+            " postings = pl_account_year_totals.postings + EXCLUDED.postings",
+            [(*k, fen, n) for k, (fen, n) in sorted(self.year_totals.items())],
+        )
+        cur.executemany(
+            "INSERT INTO pl_account_monthly_claims VALUES (%s,%s,%s,%s) ON CONFLICT (account, month)"
+            " DO UPDATE SET amount_fen = pl_account_monthly_claims.amount_fen + EXCLUDED.amount_fen,"
+            " postings = pl_account_monthly_claims.postings + EXCLUDED.postings",
+            [(*k, fen, n) for k, (fen, n) in sorted(self.monthly_claims.items())],
+        )
+        cur.executemany(
+            "INSERT INTO pl_account_balances VALUES (%s, %s) ON CONFLICT (account) DO UPDATE"
+            " SET balance_fen = pl_account_balances.balance_fen + EXCLUDED.balance_fen",
+            sorted(self.balances.items()),
+        )
+        cur.executemany(
+            "INSERT INTO pl_account_daily VALUES (%s, %s, %s) ON CONFLICT (account, business_date)"
+            " DO UPDATE SET net_fen = pl_account_daily.net_fen + EXCLUDED.net_fen",
+            [(a, d, n) for (a, d), n in sorted(self.daily.items())],
+        )
+        cur.executemany(
+            "INSERT INTO pl_rejections VALUES (%s, %s, %s) ON CONFLICT (reason, source_service)"
+            " DO UPDATE SET count = pl_rejections.count + EXCLUDED.count",
+            [(r, s, n) for (r, s), n in sorted(self.rejections.items())],
+        )
+        cur.executemany(
+            "INSERT INTO pl_budgets VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (city, scheme, fiscal_year)"
+            " DO UPDATE SET income_fen = EXCLUDED.income_fen, expenditure_fen = EXCLUDED.expenditure_fen,"
+            " kind = EXCLUDED.kind, event_id = EXCLUDED.event_id",
+            self.budgets,
+        )
+        cur.executemany(
+            "INSERT INTO pl_openings VALUES (%s,%s,%s,%s) ON CONFLICT (account) DO NOTHING", self.openings
+        )
+        cur.executemany(
+            "INSERT INTO pl_closed_years VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", self.closed_years
+        )
+        cur.executemany("INSERT INTO pl_policies VALUES (%s,%s,%s)", self.policies)
 
 
 #: The staging tables of one page (this session's, emptied at commit).
@@ -274,9 +279,13 @@ def _service(payload: dict[str, Any] | None) -> str:
 class Projector:
     """Applies the notification log to the read tables, one transaction per page."""
 
-    def __init__(self, ledger: Ledger, database_url: str, page_size: int = PAGE_SIZE_MAX) -> None:
+    def __init__(
+        self, ledger: Ledger, database_url: str, page_size: int = PAGE_SIZE_MAX, *, rebuild: bool = True
+    ) -> None:
         self.ledger = ledger
         self.page_size = page_size
+        #: Whether an empty projection is filled set-based (`projections.rebuild`) first.
+        self.rebuild = rebuild
         self.database_url = database_url
         self.conn = psycopg.connect(database_url)
         ensure_schema(self.conn)
@@ -317,7 +326,9 @@ class Projector:
         return len(notifications)
 
     def run_until_caught_up(self) -> int:
-        total = 0
+        """Projects every recorded notification: from zero in one set-based pass
+        (`projections.rebuild`), then page by page."""
+        total = (rebuild_from_zero(self.conn, self.ledger, PROJECTION_NAME) or 0) if self.rebuild else 0
         while applied := self.run_once():
             total += applied
         return total

@@ -1,0 +1,172 @@
+"""The read tables rebuilt from zero, set-based: PostgreSQL does the bulk, in one transaction.
+
+An empty projection (position 0) is filled in one pass instead of page by page. The
+accepted fates, which are nearly every notification, never leave the server: their stored
+JSON is parsed there (`convert_from(state, 'UTF8')::jsonb`), each transfer becomes its two
+postings in one `INSERT ... SELECT`, and every total is one `GROUP BY` over the postings.
+The few other notifications (rejections, budgets, year closes, policies) go through the
+projector's own page logic (`_Page`) in Python. The position moves to the last notification
+included in the same transaction, so a rebuild is applied whole or not at all; the
+projector then goes on page by page from there.
+
+It computes what applying every page in order computes (tests/test_projections.py holds
+both to an independent model); where the two could differ it is not used:
+- a stored state PostgreSQL cannot read as JSON (the transaction fails; the rebuild is
+  abandoned for the page-by-page way);
+- nothing to do (position above 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import structlog
+from eventsourcing.utils import get_topic
+from psycopg import sql
+
+from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.application import Ledger
+
+log = structlog.get_logger("projections")
+
+#: The notifications the page logic handles during a rebuild (everything but accepted fates).
+OTHER_TOPICS = tuple(
+    get_topic(cls)
+    for cls in (
+        Receipt.Rejected,
+        Receipt.ConflictingDeliveryRejected,
+        Fund.BudgetSet,
+        Fund.YearClosed,
+        PolicyBook.PolicyAdopted,
+    )
+)
+PAGE_SIZE = 10_000
+
+# The accepted fates, parsed once: the columns the tables need.
+_ACCEPTED = """
+CREATE TEMP TABLE pl_rebuild_accepted ON COMMIT DROP AS
+SELECT notification_id,
+       s->>'event_id' AS event_id,
+       s->>'event_type' AS event_type,
+       CASE WHEN jsonb_typeof(s->'transfer') = 'object' THEN s->'transfer' END AS t,
+       CASE WHEN s->>'event_type' = 'ClaimPaid' THEN s->'payload'->>'hospital_level' END AS subcategory,
+       coalesce(nullif(s->'payload'->>'source', ''), 'unknown') AS source_service,
+       s->'source' AS src,
+       CASE WHEN s->>'event_type' = 'OpeningBalanceRecorded' THEN s->'payload' END AS opening
+FROM (SELECT notification_id, convert_from(state, 'UTF8')::jsonb AS s
+      FROM {events} WHERE topic = %(accepted)s AND notification_id <= %(upto)s) AS stored
+"""
+
+# Both legs of every transfer: credit positive, debit negative. A reversal takes its
+# original's sub-category (the hospital level of a claim), hence the second statement.
+_POSTINGS = """
+INSERT INTO pl_postings
+SELECT a.notification_id, a.event_id, a.event_type, leg.account, leg.counter,
+       leg.sign * (a.t->>'amount_fen')::bigint, a.t->>'category', {subcategory},
+       (a.t->>'fiscal_year')::integer, (a.t->>'occurred_at')::timestamptz,
+       (((a.t->>'occurred_at')::timestamptz AT TIME ZONE 'UTC') + interval '8 hours')::date,
+       coalesce((a.t->>'prior_year_adjustment')::boolean, false)
+FROM pl_rebuild_accepted a
+CROSS JOIN LATERAL (VALUES (a.t->>'credit_account', a.t->>'debit_account', 1),
+                           (a.t->>'debit_account', a.t->>'credit_account', -1)) AS leg(account, counter, sign)
+WHERE a.t IS NOT NULL AND {which}
+"""
+_ORIGINAL_SUBCATEGORY = (
+    "coalesce(a.subcategory, (SELECT o.subcategory FROM pl_rebuild_accepted orig"
+    " JOIN pl_postings o ON o.account = leg.account AND o.notification_id = orig.notification_id"
+    " WHERE orig.event_id = a.t->>'reversal_of' LIMIT 1))"
+)
+
+_TOTALS = """
+INSERT INTO pl_account_balances SELECT account, sum(amount_fen) FROM pl_postings GROUP BY account;
+INSERT INTO pl_account_daily
+SELECT account, business_date, sum(amount_fen) FROM pl_postings GROUP BY account, business_date;
+INSERT INTO pl_account_year_totals
+SELECT fiscal_year, account, category, coalesce(subcategory, ''), sum(amount_fen), count(*)
+FROM pl_postings GROUP BY 1, 2, 3, 4;
+INSERT INTO pl_account_monthly_claims
+SELECT account, date_trunc('month', business_date)::date, sum(amount_fen), count(*)
+FROM pl_postings WHERE category LIKE 'claim.%%' GROUP BY 1, 2;
+INSERT INTO pl_openings
+SELECT DISTINCT ON (t->>'credit_account') t->>'credit_account', (opening->>'fiscal_year')::integer,
+       (opening->>'balance_fen')::bigint, (opening->>'previous_year_income_fen')::bigint
+FROM pl_rebuild_accepted WHERE opening IS NOT NULL AND t IS NOT NULL
+ORDER BY t->>'credit_account', notification_id;
+"""
+
+# One fate per event_id, as applying them in order leaves it: the first that is not
+# `unprocessable` stands; failing one, the latest `unprocessable`.
+_EVENTS = """
+INSERT INTO pl_events
+SELECT DISTINCT ON (event_id) * FROM (
+    SELECT event_id, 'accepted' AS status, NULL::text AS reason, NULL::text AS detail, event_type,
+           source_service, src->>'topic' AS kafka_topic, (src->>'partition')::integer AS kafka_partition,
+           (src->>'offset')::bigint AS kafka_offset, notification_id
+    FROM pl_rebuild_accepted WHERE event_id IS NOT NULL
+    UNION ALL
+    SELECT * FROM pl_stage_events
+) AS fates
+ORDER BY event_id, reason IS NOT DISTINCT FROM 'unprocessable',
+         CASE WHEN reason IS NOT DISTINCT FROM 'unprocessable' THEN -notification_id ELSE notification_id END
+"""
+
+
+def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection: str) -> int | None:
+    """Fills the empty read tables up to the last recorded notification, in one transaction.
+
+    Returns how many notifications it applied, or None if the projection is not at zero (or
+    the store cannot be rebuilt this way: then nothing changed and paging goes on).
+    """
+    from projections.projector import _STAGING_DDL, _first_fates, _Page
+
+    events = sql.Identifier(ledger.recorder.events_table_name)  # type: ignore[attr-defined]
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT notification_id FROM pl_tracking WHERE projection = %s FOR UPDATE", (projection,)
+            ).fetchone()
+            if row is None or row[0] != 0:
+                return None
+            found = conn.execute(sql.SQL("SELECT max(notification_id) FROM {}").format(events)).fetchone()
+            upto = int(found[0]) if found and found[0] is not None else 0
+            if upto == 0:
+                return None
+            params = {"accepted": get_topic(Receipt.Accepted), "upto": upto}
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL(_ACCEPTED).format(events=events), params)
+                accepted = cur.rowcount
+                cur.execute(sql.SQL(_POSTINGS).format(
+                    subcategory=sql.SQL("a.subcategory"), which=sql.SQL("a.t->>'reversal_of' IS NULL")))
+                cur.execute("CREATE INDEX ON pl_rebuild_accepted (event_id)")  # reversals find originals
+                cur.execute("ANALYZE pl_rebuild_accepted")
+                cur.execute(sql.SQL(_POSTINGS).format(
+                    subcategory=sql.SQL(_ORIGINAL_SUBCATEGORY), which=sql.SQL("a.t->>'reversal_of' IS NOT NULL")))
+                cur.execute(_TOTALS)
+                page, others = _Page(), 0
+                for notification in _notifications(ledger, upto):
+                    page.add(notification.id, ledger.mapper.to_domain_event(notification))
+                    others += 1
+                cur.execute(_STAGING_DDL)
+                with cur.copy("COPY pl_stage_events FROM STDIN") as copy:
+                    for fate in _first_fates(page.events):
+                        copy.write_row(fate)
+                cur.execute(_EVENTS)
+                page.events = []
+                page.write_others(cur)
+                cur.execute("UPDATE pl_tracking SET notification_id = %s WHERE projection = %s", (upto, projection))
+    except psycopg.DataError as error:  # a stored state PostgreSQL does not read as JSON
+        log.warning("projection_rebuild_abandoned", error=str(error), action="projecting page by page")
+        return None
+    log.info("projection_rebuilt", notifications=accepted + others, up_to_notification_id=upto)
+    return accepted + others
+
+
+def _notifications(ledger: Ledger, upto: int) -> Any:
+    start = 1
+    while True:
+        page = ledger.recorder.select_notifications(start, PAGE_SIZE, stop=upto, topics=OTHER_TOPICS)
+        if not page:
+            return
+        yield from page
+        start = page[-1].id + 1
