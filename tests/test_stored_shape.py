@@ -1,0 +1,53 @@
+"""A fund's stream in either stored shape: one `TransferBooked` per leg (before issue 8) or one
+`Booked` per batch holding its legs. A store holding both reads and folds as one."""
+
+from __future__ import annotations
+
+from eventsourcing.utils import get_topic
+
+from ledger import accounts, audit
+from ledger.aggregates import Fund
+from ledger.application import Ledger
+from ledger.movements import Transfer
+
+CITY = "city:340100:resident:pooling"
+PAYERS = "external:contributors:340100:resident:individual"
+INSTITUTIONS = "external:institutions:340100"
+
+
+def leg(n: int, amount_fen: int, debit: str = PAYERS, credit: str = CITY, category: str = "contribution.individual") -> Transfer:
+    return Transfer(
+        event_id=f"e{n}", kind="ContributionReceived", debit_account=debit, credit_account=credit,
+        amount_fen=amount_fen, category=category, fiscal_year=2025,
+        occurred_at=f"2025-03-0{n}T10:00:00+08:00",
+    )
+
+
+def test_a_fund_stored_leg_by_leg_then_batch_by_batch_reads_and_folds_as_one() -> None:
+    ledger = Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    fund = Fund.open(CITY)
+    fund.trigger_event(Fund.TransferBooked, **leg(1, 10_000).as_booking())  # the old shape
+    fund.trigger_event(Fund.TransferBooked, **leg(2, 2_500).as_booking())
+    ledger.save(fund)
+    fund.book(leg(3, 700))  # the new shape: two legs of one batch, one event
+    fund.book(leg(4, 1_200, debit=CITY, credit=INSTITUTIONS, category="claim.inpatient"))
+    ledger.save(fund)
+
+    again = ledger.repository.get(accounts.fund_id(CITY))
+    assert isinstance(again, Fund)
+    assert again.version == 4  # opened, two legs, one batch
+    assert again.balance_fen == 10_000 + 2_500 + 700 - 1_200
+    assert again.booking_count == 4
+    assert again.totals_fen == {2025: {"contribution.individual": 13_200, "claim.inpatient": 1_200}}
+    assert again.last_business_day == "2025-03-04"
+
+    stored = [e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS)]
+    assert [get_topic(type(e)) for e in stored] == [
+        get_topic(Fund.TransferBooked), get_topic(Fund.TransferBooked), get_topic(Fund.Booked)
+    ]
+    trial = audit.fold(stored)
+    assert trial.transfer_count == 4
+    assert dict(trial.balances_fen) == {
+        PAYERS: -(10_000 + 2_500 + 700), CITY: 10_000 + 2_500 + 700 - 1_200, INSTITUTIONS: 1_200
+    }
+    assert trial.total_fen == 0
