@@ -14,9 +14,10 @@ Bytes, digests, Kafka positions, retries and locks are the adapters' business
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID
 
@@ -471,35 +472,89 @@ class Ledger(Application[UUID]):
 class InMemoryLedger(Ledger):
     """The ledger on plain in-memory state, storing nothing: the auditor's replay.
 
-    Every aggregate lives in a dict. A batch works on copies of what it reads, so a batch
-    whose decision fails leaves nothing half-changed; its save puts the copies in place. Of
-    a receipt only the fate is kept (not the payload it was decided on), which is all a
-    later decision reads of it (I1, P2).
+    Funds and the policy book live in a dict. A batch works on copies of what it reads, so a
+    batch whose decision fails leaves nothing half-changed; its save puts the copies in place.
+    Of a receipt only its fate is kept, compactly (`_Fate`: not the payload it was decided
+    on), which is all a later decision reads of it (I1, P2): a million receipts take a few
+    hundred megabytes.
     """
 
     def __init__(self, seed_policy: Policy | None = None) -> None:
         super().__init__(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, seed_policy=seed_policy)
         self._memory: dict[UUID, Aggregate] = {}
+        self._fates: dict[UUID, _Fate] = {}
 
     def load(self, id: UUID) -> Aggregate | None:
         found = self._memory.get(id)
-        return deepcopy(found) if found is not None else None
+        if found is not None:
+            return deepcopy(found)
+        fate = self._fates.get(id)
+        return fate.receipt(id) if fate is not None else None
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         for aggregate in objs:
             aggregate.collect_events()
             if type(aggregate) is Receipt:
-                aggregate.payload = None
-            self._memory[aggregate.id] = aggregate
+                self._fates[aggregate.id] = _Fate.of(aggregate)
+            else:
+                self._memory[aggregate.id] = aggregate
         return []
 
     def _stored_receipts(self, ids: Sequence[UUID]) -> set[UUID]:
-        return {i for i in ids if i in self._memory}
+        return {i for i in ids if i in self._fates}
 
     def _find(self, id: UUID, kind: type[_Found]) -> _Found | None:
-        found = self._memory.get(id)
+        found = self.load(id)
         assert found is None or isinstance(found, kind), (id, type(found))
         return found
+
+    def transfer_of(self, event_id: str) -> dict[str, Any] | None:
+        """The transfer the receipt of `event_id` booked, if any (without making the receipt)."""
+        fate = self._fates.get(receipt_id(event_id))
+        return fate.booked() if fate is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fate:
+    """What `InMemoryLedger` keeps of a receipt."""
+
+    event_id: str | None
+    event_type: str | None
+    payload_digest: str
+    reason: str | None
+    transfer: tuple[Any, ...] | None  # its values in `_TRANSFER_FIELDS` order, names shared
+    reversed_by: str | None
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> _Fate:
+        booked = receipt.transfer
+        transfer = None
+        if booked is not None:
+            transfer = tuple(
+                sys.intern(v) if type(v) is str and k in _SHARED_FIELDS else v
+                for k, v in ((k, booked[k]) for k in _TRANSFER_FIELDS)
+            )
+        return cls(receipt.event_id, receipt.event_type, receipt.payload_sha256, receipt.reason,
+                   transfer, receipt.reversed_by)
+
+    def booked(self) -> dict[str, Any] | None:
+        return dict(zip(_TRANSFER_FIELDS, self.transfer, strict=True)) if self.transfer is not None else None
+
+    def receipt(self, id: UUID) -> Receipt:
+        common = {"event_id": self.event_id, "event_type": self.event_type,
+                  "payload_sha256": self.payload_digest, "payload": None, "source": None}
+        if self.reason is None:
+            receipt = Receipt.accept(id, transfer=self.booked(), balances={}, **common)
+        else:
+            receipt = Receipt.reject(id, reason=self.reason, rule="", detail="", raw_base64=None, **common)
+        receipt.collect_events()
+        receipt.reversed_by = self.reversed_by
+        return receipt
+
+
+_TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))
+#: Fields whose values repeat across transfers (account names, categories): kept once each.
+_SHARED_FIELDS = frozenset({"kind", "debit_account", "credit_account", "category"})
 
 
 class _DecisionFailed(Exception):

@@ -122,7 +122,7 @@ def _inbound(fate: _Recorded, message_size_max_bytes: int) -> Inbound:
     return Inbound.parse(raw, position, message_size_max_bytes, size_bytes=size_bytes)
 
 
-def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, _Recorded]], result: Replay) -> None:
+def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, _Recorded]], result: Replay) -> None:
     if not batch:
         return
     outcomes = record_batch(fresh, [inbound for inbound, _ in batch])
@@ -131,16 +131,15 @@ def _decide_and_compare(fresh: Ledger, batch: list[tuple[Inbound, _Recorded]], r
         _compare(fresh, fate, outcome, result)
 
 
-def _compare(fresh: Ledger, fate: _Recorded, outcome: Outcome, result: Replay) -> None:
+def _compare(fresh: InMemoryLedger, fate: _Recorded, outcome: Outcome, result: Replay) -> None:
     fields = fate.fields
     if fate.topic == _ACCEPTED:
         if outcome.status != "accepted":
             result.differ(f"{fate.name}: recorded accepted, replayed {outcome.status} ({outcome.reason})")
             return
-        replayed = fresh.receipt(str(fields["event_id"]))
-        if replayed is None or replayed.transfer != fields["transfer"]:
-            result.differ(f"{fate.name}: recorded transfer {fields['transfer']}, replayed "
-                          f"{replayed.transfer if replayed else None}")
+        replayed = fresh.transfer_of(str(fields["event_id"]))
+        if replayed != fields["transfer"]:
+            result.differ(f"{fate.name}: recorded transfer {fields['transfer']}, replayed {replayed}")
     elif outcome.status != "rejected" or outcome.reason != fields["reason"]:
         result.differ(f"{fate.name}: recorded rejected ({fields['reason']}), replayed "
                       f"{outcome.status} ({outcome.reason})")
