@@ -544,70 +544,81 @@ def project(store: Store) -> dict[str, Any]:
 
 def read_load(store: Store, rate: float = 500, seconds: float = 20, warmup: float = 2,
               endpoints: tuple[str, ...] = READ_ENDPOINTS) -> dict[str, Any]:
-    """The read API under an open-loop load: `pooling-ledger serve` for the store on a free port
-    (its own process, with a bearer token made here), then `bench/readload` (another process)
-    schedules `rate` requests/s at each endpoint in turn for `seconds` after `warmup` seconds,
-    and the server is stopped with SIGTERM. The figures by path: p50/p95/p99/max ms, errors, rate.
-    `serve` runs its projector beside the API as it does in production; after `project` the read
-    tables are caught up, so it only polls (without `project` it catches up before it answers)."""
+    """The read API under an open-loop load, endpoint by endpoint: `pooling-ledger serve` for the
+    store on a free port (its own process, with a bearer token made here), then `bench/readload`
+    (another process) schedules `rate` requests/s at the endpoint for `seconds` after `warmup`
+    seconds, whether or not the server keeps up; then whether the server still answers /health
+    within 5 s, and it is stopped with SIGTERM (SIGKILL 30 s later). A fresh server per endpoint,
+    so that one endpoint's overload does not spill into the next one's figures. `serve` runs its
+    projector beside the API as in production; after `project` the read tables are caught up and
+    it only polls (without `project` it catches up before it answers). The figures by path:
+    p50/p95/p99/max ms of the 200s, errors by kind, the achieved rate, the server's CPU."""
     import secrets
 
-    token = secrets.token_urlsafe(24)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = store.env(POOLING_API_TOKEN=token, POOLING_API_HOST="127.0.0.1", POOLING_API_PORT=str(port))
-    log_path = store.logfile("serve")
-    log(f"read: serving the API at {base} over {store.messages:,} messages")
-    with log_path.open("wb") as err:
-        server = subprocess.Popen([str(CLI), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    store.procs.append(server)
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"serve exited {server.returncode}: {tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not answer /health in time: {tail(log_path)}")
-            time.sleep(0.2)
-        proc = psutil.Process(server.pid)
-        cpu_before = proc.cpu_times()
-        started = time.perf_counter()
-        command = [sys.executable, str(BENCH / "readload"), base, "--rate", str(rate), "--seconds", str(seconds),
-                   "--warmup", str(warmup), *[a for path in endpoints for a in ("--endpoint", path)]]
-        client = subprocess.run(command, env={**os.environ, "POOLING_API_TOKEN": token}, check=False,
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=len(endpoints) * (seconds + warmup) + 300)
-        wall = time.perf_counter() - started
-        cpu_after = proc.cpu_times()
-        sys.stderr.write(client.stderr)
-        if client.returncode != 0:
-            raise RuntimeError(f"bench/readload exited {client.returncode}: {client.stderr[-1500:]}")
-        figures = json.loads(client.stdout)
-    finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)
+    result: dict[str, Any] = {
+        "messages": store.messages, "rate": rate, "seconds": seconds, "warmup_seconds": warmup,
+        "server": "pooling-ledger serve (uvicorn, 1 worker, projector beside it), its own process,"
+                  " a fresh one per endpoint",
+        "client": "bench/readload (asyncio, keep-alive connections, open loop), its own process",
+        "endpoints": {}}
+    for path in endpoints:
+        token = secrets.token_urlsafe(24)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log_path = store.logfile("serve")
+        log(f"read: {path}: serving the API at {base} over {store.messages:,} messages")
+        with log_path.open("wb") as err:
+            server = subprocess.Popen([str(CLI), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                      env=store.env(POOLING_API_TOKEN=token), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err)
+        store.procs.append(server)
+        stopped = "sigterm"
         try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            log("read: serve did not stop within 60 s of SIGTERM; killing it")
-            server.kill()
-            server.wait()
-    cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-    result = {"messages": store.messages, "rate": rate, "seconds": seconds, "warmup_seconds": warmup,
-              "server": "pooling-ledger serve (uvicorn, 1 worker, projector beside it), own process",
-              "client": "bench/readload (asyncio, keep-alive connections, open loop), own process",
-              "server_cpu_percent": round(100 * cpu_s / wall, 1), "serve_exit_code": server.returncode,
-              "endpoints": figures["endpoints"]}
-    for path, e in result["endpoints"].items():
-        log(f"read: {path}: p99 {e['p99_ms']} ms at {e['achieved_rate']:,} /s ({e['errors']} errors)")
+            deadline = time.monotonic() + 900
+            while not _health(base):
+                if server.poll() is not None:
+                    raise RuntimeError(f"serve exited {server.returncode}: {tail(log_path)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not answer /health in time: {tail(log_path)}")
+                time.sleep(0.2)
+            proc = psutil.Process(server.pid)
+            cpu_before = sum(proc.cpu_times()[:2])
+            started = time.perf_counter()
+            client = subprocess.run(
+                [sys.executable, str(BENCH / "readload"), base, "--endpoint", path, "--rate", str(rate),
+                 "--seconds", str(seconds), "--warmup", str(warmup)],
+                env={**os.environ, "POOLING_API_TOKEN": token}, check=False, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=seconds + warmup + 300)
+            server_cpu = 100 * (sum(proc.cpu_times()[:2]) - cpu_before) / (time.perf_counter() - started)
+            sys.stderr.write(client.stderr)
+            if client.returncode != 0:
+                raise RuntimeError(f"bench/readload exited {client.returncode}: {client.stderr[-1500:]}")
+            figures = json.loads(client.stdout)["endpoints"][path]
+            figures["server_cpu_percent"] = round(server_cpu, 1)
+            figures["server_answered_health_after"] = _health(base)
+        finally:
+            if server.poll() is None:
+                os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stopped = "sigkill (no exit 30 s after SIGTERM)"
+                server.kill()
+                server.wait()
+        figures["server_stopped_by"] = stopped
+        result["endpoints"][path] = figures
+        log(f"read: {path}: p99 {figures['p99_ms']} ms at {figures['achieved_rate']:,} /s of {rate:g} offered,"
+            f" {figures['errors']} errors {figures['outcomes']}; server CPU {figures['server_cpu_percent']} %,"
+            f" answered /health after: {figures['server_answered_health_after']}, stopped by {stopped}")
     return result
+
+
+def _health(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------- naive
