@@ -13,13 +13,14 @@ out of range), never 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import hashlib
 import hmac
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -108,7 +109,26 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def connection(request: Request) -> Iterator[psycopg.Connection[Any]]:
+async def admitted(request: Request) -> AsyncIterator[None]:
+    """At most POOL_SIZE_MAX requests at a time past this point; the others wait here.
+
+    They wait on the event loop, not in a worker thread: a request blocked in a thread on a
+    pool connection, while the requests holding the connections wait for a thread to run
+    their query, stops the server for good (seen at 200 requests/s: every one of uvicorn's
+    40 worker threads waiting for one of 8 connections). Past POOL_TIMEOUT_S: 503.
+    """
+    admission: asyncio.Semaphore = request.app.state.admission
+    try:
+        await asyncio.wait_for(admission.acquire(), POOL_TIMEOUT_S)
+    except TimeoutError:
+        raise HTTPException(503, "the read API is busy; try again", headers={"Retry-After": "1"}) from None
+    try:
+        yield
+    finally:
+        admission.release()
+
+
+def connection(request: Request, _: Annotated[None, Depends(admitted)]) -> Iterator[psycopg.Connection[Any]]:
     pool: ConnectionPool[Any] = request.app.state.pool
     with pool.connection() as conn:
         conn.read_only = True
@@ -164,6 +184,7 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
     app.state.pool = pool
+    app.state.admission = asyncio.Semaphore(POOL_SIZE_MAX)
     v1 = [Depends(authorised)]
 
     @app.exception_handler(NotFound)

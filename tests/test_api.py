@@ -454,3 +454,17 @@ def test_serve_without_its_projector_starts_on_an_empty_database(database_url: s
         status, body = http_get(f"{run.base}/v1/audit/trial-balance", "t0ken")
         assert status == 200 and body["accounts"] == [] and body["total_fen"] == 0
     assert run.returncode == 0, run.err[-3000:]
+
+
+def test_more_concurrent_requests_than_worker_threads_and_connections_all_get_answers(served: Served) -> None:
+    """150 clients at once (uvicorn runs sync endpoints on 40 worker threads; the pool has 8
+    connections): every request is answered. Before the admission gate, threads blocked on the
+    pool while the connection holders waited for a thread, and the server never answered again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = ["/v1/risk", "/v1/province/summary?year=2025", "/v1/budgets?year=2025"]
+    with ThreadPoolExecutor(150) as pool:
+        futures = [pool.submit(served.client.get, paths[i % 3], headers=AUTH) for i in range(450)]
+        statuses = [f.result(timeout=120).status_code for f in futures]
+    assert statuses == [200] * 450
+    assert served.client.get("/health").status_code == 200
