@@ -139,6 +139,7 @@ class Fund(Aggregate):
         self, fiscal_year: int, income_fen: int, expenditure_fen: int, event_id: str, kind: str
     ) -> None:
         self.check_period_open(fiscal_year)
+        self.check_budget_lifecycle(fiscal_year, expenditure_fen, kind)
         self.check_budget_has_no_deficit(income_fen, expenditure_fen)
         self.check_budget_has_no_cumulative_deficit(fiscal_year, income_fen, expenditure_fen)
         self.trigger_event(
@@ -151,10 +152,12 @@ class Fund(Aggregate):
             kind=kind,
         )
 
-    def close_year(self, fiscal_year: int, income_fen: int, event_id: str) -> bool:
+    def close_year(self, fiscal_year: int, income_fen: int, event_id: str, day: date) -> bool:
         """P1: locks the year and fixes its income; closing twice changes nothing."""
+        self.check_year_has_ended(fiscal_year, day)
         if fiscal_year in self.closed_years:
             return False
+        self.check_previous_year_closed(fiscal_year)
         self.trigger_event(
             self.YearClosed,
             account=self.account,
@@ -222,6 +225,28 @@ class Fund(Aggregate):
                 {"fiscal_year": fiscal_year},
             )
 
+    def check_year_has_ended(self, fiscal_year: int, day: date) -> None:
+        """P1: a year is closed once it has ended: on or after 1 January of the next year, CST."""
+        if day.year <= fiscal_year:
+            raise Rejected(
+                Reason.period_not_ended,
+                "P1",
+                f"fiscal year {fiscal_year} of {self.account} has not ended on {day} (China Standard "
+                f"Time): close it on or after {fiscal_year + 1}-01-01",
+                {"fiscal_year": fiscal_year, "business_date": day.isoformat()},
+            )
+
+    def check_previous_year_closed(self, fiscal_year: int) -> None:
+        """P1: a year is closed only after the fund's previous year, where it had one."""
+        previous = fiscal_year - 1
+        if previous not in self.closed_years and (previous in self.totals_fen or previous in self.budgets):
+            raise Rejected(
+                Reason.earlier_year_open,
+                "P1",
+                f"fiscal year {previous} of {self.account} is still open: close it before {fiscal_year}",
+                {"open_fiscal_year": previous},
+            )
+
     def check_no_booking_on_or_after(self, effective_from: date) -> None:
         """M2: a policy arriving late must not take effect where this fund already booked movements."""
         if self.last_business_day is not None and date.fromisoformat(self.last_business_day) >= effective_from:
@@ -231,6 +256,36 @@ class Fund(Aggregate):
                 f"{self.account} has movements booked on {self.last_business_day}, on or "
                 f"after effective_from {effective_from}: a policy cannot change decisions "
                 "already taken",
+            )
+
+    def check_budget_lifecycle(self, fiscal_year: int, expenditure_fen: int, kind: str) -> None:
+        """B5: one budget life per fund and year: approved once, then adjusted, never below what
+        the fund has already paid that year."""
+        existing = self.budgets.get(fiscal_year)
+        if kind == "approved":
+            if existing is not None:
+                raise Rejected(
+                    Reason.budget_exists,
+                    "B5",
+                    f"{self.account} already has a budget for {fiscal_year} (event "
+                    f"{existing['event_id']}); send a BudgetAdjusted to change it",
+                )
+            return
+        if existing is None:
+            raise Rejected(
+                Reason.no_approved_budget,
+                "B5",
+                f"{self.account} has no approved budget for {fiscal_year} to adjust; send a "
+                "BudgetApproved first",
+            )
+        paid_fen = self.claims_paid_fen(fiscal_year)
+        if expenditure_fen < paid_fen:
+            raise Rejected(
+                Reason.budget_below_actual,
+                "B5",
+                f"adjusted expenditure {expenditure_fen} fen is below the {paid_fen} fen {self.account} "
+                f"has already paid in {fiscal_year}",
+                {"paid_fen": paid_fen, "expenditure_fen": expenditure_fen},
             )
 
     def check_budget_has_no_deficit(self, income_fen: int, expenditure_fen: int) -> None:
@@ -597,8 +652,9 @@ class Receipt(Aggregate):
         return self.status == "accepted" and self.transfer is not None
 
     @staticmethod
-    def check_reversible(original: Receipt | None, original_event_id: str) -> None:
-        """P2: only an accepted movement is reversed, never a reversal itself, and only once."""
+    def check_reversible(original: Receipt | None, original_event_id: str, reversal_at: datetime) -> None:
+        """P2: only an accepted movement is reversed, never a reversal itself, only once, and
+        never dated before it."""
         if original is None or not original.is_accepted_movement:
             fate = "unknown" if original is None else (
                 "rejected" if original.status == "rejected" else "not a movement"
@@ -623,6 +679,14 @@ class Receipt(Aggregate):
                 Reason.already_reversed,
                 "P2",
                 f"event {original_event_id} was already reversed by {original.reversed_by}",
+            )
+        original_at = datetime.fromisoformat(original.transfer["occurred_at"])
+        if reversal_at < original_at:
+            raise Rejected(
+                Reason.reversal_before_original,
+                "P2",
+                f"the reversal is dated {reversal_at.isoformat()}, before its original "
+                f"{original_event_id} ({original.transfer['occurred_at']})",
             )
 
     def check_same_payload(self, payload_digest: str) -> None:

@@ -91,6 +91,7 @@ def interest(e: InterestCredited, terms: PolicyTerms, state: State) -> Transfer:
 
 
 def opening(e: OpeningBalanceRecorded, terms: PolicyTerms, state: State) -> Transfer:
+    movements.check_dated_in_fiscal_year(e.fiscal_year, e.occurred_at)
     transfer = movements.opening(e)
     state.fund(transfer.credit_account).record_opening(transfer, e.previous_year_income_fen, e.fiscal_year)
     return transfer
@@ -107,6 +108,7 @@ def extraction(e: AdjustmentFundExtracted, terms: PolicyTerms, state: State) -> 
     transfer = movements.extraction(e)
     city, province = state.fund(transfer.debit_account), state.fund(transfer.credit_account)
     city.check_period_open(e.fiscal_year)
+    movements.check_dated_in_fiscal_year(e.fiscal_year, e.occurred_at)
     city.check_extraction_within_cap(
         e.fiscal_year,
         e.amount_fen,
@@ -127,6 +129,7 @@ def allocation(e: AdjustmentFundAllocated, terms: PolicyTerms, state: State) -> 
     transfer = movements.allocation(e)
     city = state.fund(transfer.credit_account)
     city.check_period_open(e.fiscal_year)
+    movements.check_dated_in_fiscal_year(e.fiscal_year, e.occurred_at)
     city.check_allocation_within_share(
         e.fiscal_year, e.gap_fen, e.amount_fen, terms.policy.gap_share_bp[e.reason], e.reason.value
     )
@@ -140,13 +143,13 @@ def close_year(e: FiscalYearClosed, terms: PolicyTerms, state: State) -> None:
         income_fen = province_income_fen(fund, e.fiscal_year, terms, state)
     else:
         income_fen = fund.extraction_base_fen(e.fiscal_year + 1, terms.extraction_base_with_subsidies)
-    fund.close_year(e.fiscal_year, income_fen, str(e.event_id))
+    fund.close_year(e.fiscal_year, income_fen, str(e.event_id), business_date_of(e.occurred_at))
 
 
 def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> Transfer:
     """P2: the exact opposite of an accepted movement, once, booked under the movement rules."""
     original = state.receipt_of(str(e.original_event_id))
-    Receipt.check_reversible(original, str(e.original_event_id))
+    Receipt.check_reversible(original, str(e.original_event_id), e.occurred_at)
     assert original is not None and original.transfer is not None
     booked = Transfer.from_booking(original.transfer)
     funds = [state.fund(account) for account in booked.fund_accounts()]

@@ -27,6 +27,14 @@ class Reason(StrEnum):
     policy_violation = "policy_violation"
     allocation_exceeds_share = "allocation_exceeds_share"
     opening_balance_exists = "opening_balance_exists"
+    # since RULES.md revision 2
+    fiscal_year_mismatch = "fiscal_year_mismatch"
+    period_not_ended = "period_not_ended"
+    earlier_year_open = "earlier_year_open"
+    reversal_before_original = "reversal_before_original"
+    budget_exists = "budget_exists"
+    no_approved_budget = "no_approved_budget"
+    budget_below_actual = "budget_below_actual"
     #: A booking would take a fund's balance, or a year's total of one category, above MAX_FEN.
     amount_out_of_range = "amount_out_of_range"
     #: Above POOLING_MESSAGE_SIZE_MAX bytes: refused unparsed, only an excerpt and the sha256 kept.

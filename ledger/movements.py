@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from ledger import accounts
@@ -183,6 +184,20 @@ def interest(e: InterestCredited) -> Transfer:
     return _transfer(
         e, accounts.INTEREST, accounts.fund_account(e.city, e.scheme), e.amount_fen, INTEREST
     )
+
+
+def check_dated_in_fiscal_year(fiscal_year: int, occurred_at: datetime) -> None:
+    """M2: a movement that names its fiscal year is dated in it (CST): the accounts are on a
+    cash basis, so next year's extraction is not taken early, nor a past year's booked late."""
+    dated = fiscal_year_of(occurred_at)
+    if dated != fiscal_year:
+        raise Rejected(
+            Reason.fiscal_year_mismatch,
+            "M2",
+            f"the event names fiscal year {fiscal_year} but is dated {occurred_at.isoformat()}, "
+            f"in {dated} (China Standard Time); cash moves in the year it is booked in",
+            {"fiscal_year": fiscal_year, "dated_in": dated},
+        )
 
 
 def opening(e: OpeningBalanceRecorded) -> Transfer:

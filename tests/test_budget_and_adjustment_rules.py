@@ -104,6 +104,7 @@ def test_budget_with_expenditure_one_fen_above_income_is_rejected_deficit_budget
     type_: str,
 ) -> None:
     ledger = new_ledger()
+    approved = approved_first(ledger, type_)  # B5: only an approved budget is adjusted
     message = budget(500_000, 500_001, type_=type_)
 
     outcome = one(ledger, message)
@@ -111,12 +112,22 @@ def test_budget_with_expenditure_one_fen_above_income_is_rejected_deficit_budget
     assert (outcome.status, outcome.reason) == ("rejected", "deficit_budget")
     assert mentions(outcome.detail, 500_000) and mentions(outcome.detail, 500_001)
     found = ledger.fund(pooling())
-    assert found is None or 2025 not in found.budgets
+    assert found is None or found.budgets.get(2025, {}).get("event_id") == approved
+
+
+def approved_first(ledger: Ledger, type_: str, income_fen: int = 400_000, expenditure_fen: int = 300_000) -> str | None:
+    """For a BudgetAdjusted, the approved budget it adjusts (B5); its event_id."""
+    if type_ != "BudgetAdjusted":
+        return None
+    approved = budget(income_fen, expenditure_fen)
+    assert statuses(feed(ledger, approved)) == [ACCEPTED]
+    return str(approved["event_id"])
 
 
 @pytest.mark.parametrize("type_", ["BudgetApproved", "BudgetAdjusted"])
 def test_budget_with_expenditure_exactly_equal_to_income_is_accepted(type_: str) -> None:
     ledger = new_ledger()
+    approved_first(ledger, type_)
     message = budget(500_000, 500_000, type_=type_)
 
     assert statuses(feed(ledger, message)) == [ACCEPTED]
@@ -169,11 +180,13 @@ def test_budget_is_rejected_cumulative_deficit_when_start_balance_plus_income_mi
     income, expenditure = 50_000, 50_000  # no current-year deficit (B1 holds)
     assert start_of_2025 + income - expenditure < 0
 
+    approved = approved_first(ledger, type_, income_fen=200_000, expenditure_fen=50_000)
+
     outcome = one(ledger, budget(income, expenditure, type_=type_))
 
     assert (outcome.status, outcome.reason) == ("rejected", "cumulative_deficit_budget")
     assert mentions(outcome.detail, start_of_2025)
-    assert 2025 not in fund(ledger, pooling()).budgets
+    assert fund(ledger, pooling()).budgets.get(2025, {}).get("event_id") == approved
 
 
 def test_budget_bringing_the_cumulative_balance_exactly_to_zero_is_accepted() -> None:
@@ -355,8 +368,8 @@ def test_allocation_before_the_phase_date_is_rejected_phase_not_active() -> None
     ledger = new_ledger()
     feed(
         ledger,
-        opening(None, balance_fen=1_000_000, occurred_at="2024-12-01T00:00:00+08:00"),
-        opening(HEFEI, balance_fen=1_000_000, occurred_at="2024-12-01T00:00:00+08:00"),
+        opening(None, balance_fen=1_000_000, occurred_at="2024-12-01T00:00:00+08:00", fiscal_year=2024),
+        opening(HEFEI, balance_fen=1_000_000, occurred_at="2024-12-01T00:00:00+08:00", fiscal_year=2024),
         claim(amount_fen=100_000, occurred_at="2024-12-10T10:00:00+08:00"),
     )
     early = allocation(100_000, 1_000, fiscal_year=2024, occurred_at="2024-12-31T15:59:59Z")
@@ -610,13 +623,14 @@ def test_the_ceiling_of_one_scheme_does_not_pause_the_other() -> None:
     feed(
         ledger,
         opening(HEFEI, previous_year_income_fen=1_000_000),
-        opening(HEFEI, "employee", previous_year_income_fen=1_000_000, fiscal_year=2026),
+        opening(HEFEI, "employee", previous_year_income_fen=1_000_000, fiscal_year=2026,
+                occurred_at="2026-01-01T10:00:00+08:00"),
         interest("resident", 1_000_000),  # far above the resident ceiling
     )
     in_2026 = "2026-02-01T10:00:00+08:00"
     outcomes = feed(
         ledger,
-        extraction(1, occurred_at=in_2026, fiscal_year=2025),
+        extraction(1, occurred_at="2025-12-01T10:00:00+08:00", fiscal_year=2025),
         extraction(1, scheme="employee", occurred_at=in_2026, fiscal_year=2026),
     )
     assert statuses(outcomes) == [("rejected", "extraction_paused"), ACCEPTED]
@@ -877,7 +891,7 @@ def test_closing_the_province_fund_locks_it_but_not_the_cities() -> None:
     assert statuses(outcomes) == [("rejected", "period_closed"), ACCEPTED, ACCEPTED]
     assert balance(ledger, PROVINCE_RESIDENT) == 1_010
     # an extraction for 2025 would be booked into the closed province year
-    assert statuses(feed(ledger, extraction(1_000, occurred_at=IN_2026))) == [
+    assert statuses(feed(ledger, extraction(1_000, occurred_at=LATE_IN_2025))) == [
         ("rejected", "period_closed")
     ]
     assert balance(ledger, pooling()) == 10_000_000 + 10
@@ -887,14 +901,14 @@ def test_closing_a_year_twice_is_accepted_and_changes_nothing() -> None:
     ledger = new_ledger()
     contributions, subsidies = 100_000, 40_000
     feed(ledger, contribution(amount_fen=contributions), subsidy(amount_fen=subsidies))
-    first = close(HEFEI, 2025, occurred_at="2025-12-31T20:00:00+08:00")
+    first = close(HEFEI, 2025, occurred_at="2026-01-01T00:00:00+08:00")
     assert statuses(feed(ledger, first)) == [ACCEPTED]
     closed = fund(ledger, pooling())
     state = (closed.version, copy.deepcopy(closed.closed_years), closed.balance_fen)
     assert closed.closed_years == {2025: contributions}
     # From 2026 subsidies count in the base: a second close would fix another figure.
     with_subsidies = anhui(extraction_base="contributions_and_subsidies")
-    adopted = adopt(with_subsidies, "2026-01-01", occurred_at="2025-12-31T21:00:00+08:00")
+    adopted = adopt(with_subsidies, "2026-01-01", occurred_at="2026-01-01T00:30:00+08:00")
     assert statuses(feed(ledger, adopted)) == [ACCEPTED]
 
     assert statuses(feed(ledger, close(HEFEI, 2025))) == [ACCEPTED]
@@ -1165,12 +1179,14 @@ def test_rebuilding_every_aggregate_from_the_stored_events_gives_the_same_state(
             subsidy(HEFEI, amount_fen=300_000, occurred_at=in_2024),
             contribution(HEFEI, "employee", 500_000, payer_kind="employer", occurred_at=in_2024),
             opening(BENGBU, previous_year_income_fen=1_000_000),
-            opening(None, balance_fen=100_000, occurred_at="2024-12-01T00:00:00+08:00"),
+            opening(None, balance_fen=100_000, occurred_at="2024-12-01T00:00:00+08:00", fiscal_year=2024),
             close(HEFEI, 2024, occurred_at="2025-01-03T10:00:00+08:00"),
+            close(WUHU, 2024, occurred_at="2025-01-03T10:00:00+08:00"),  # before its 2025 (P1)
             close(None, 2024, occurred_at="2025-01-03T10:00:00+08:00"),
         ],
         [
             budget(1_000_000, 900_000),
+            budget(900_000, 800_000, city=WUHU),  # approved, then adjusted (B5)
             budget(1_000_000, 1_000_000, city=WUHU, type_="BudgetAdjusted"),
             adopt(anhui(extraction_rate_bp=300), "2025-07-01"),
             extraction(100_000, occurred_at="2025-06-01T10:00:00+08:00"),
@@ -1236,7 +1252,8 @@ def test_rebuilding_every_aggregate_from_the_stored_events_gives_the_same_state(
     live = state()
     live_policy_book = ledger.policy_book()
 
-    ledger._repository = ledger.construct_repository()  # forget every cached aggregate
+    ledger._forget_cached_aggregates()  # forget every aggregate kept in memory
+    ledger._repository = ledger.construct_repository()
     rebuilt = state()
 
     assert ledger.policy_book() is not live_policy_book
@@ -1248,7 +1265,7 @@ def test_rebuilding_every_aggregate_from_the_stored_events_gives_the_same_state(
         100_000 + 100_000 + 30_000 - 100_000 + 1_234
     )
     assert rebuilt["funds"][pooling(HEFEI)]["closed_years"] == {2024: 2_000_000}
-    assert rebuilt["funds"][pooling(WUHU)]["closed_years"] == {2025: 77_777 - 77_777}
+    assert rebuilt["funds"][pooling(WUHU)]["closed_years"] == {2024: 1_000_000, 2025: 77_777 - 77_777}
     assert rebuilt["funds"][pooling(WUHU)]["budgets"][2025]["kind"] == "adjusted"
     assert [p["extraction_rate_bp"] for p in rebuilt["policies"]] == [RATE_BP, 300]
     tb = trial_balance(ledger)

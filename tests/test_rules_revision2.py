@@ -1,0 +1,128 @@
+"""RULES.md revision 2, the amended rules enforced so far: each at its boundary, one side
+accepted and the other rejected with its code (literals throughout).
+
+M2 `fiscal_year_mismatch`, P1 `period_not_ended` and `earlier_year_open`, P2
+`reversal_before_original`, B5 `budget_exists`, `no_approved_budget`, `budget_below_actual`.
+"""
+
+from __future__ import annotations
+
+from tests.upstream import (
+    BENGBU,
+    HEFEI,
+    budget,
+    claim,
+    close,
+    contribution,
+    extraction,
+    feed,
+    new_ledger,
+    opening,
+    reversal,
+    statuses,
+)
+
+ACCEPTED = ("accepted", None)
+
+
+# ---------------------------------------------------------------- M2 fiscal_year_mismatch
+
+
+def test_an_extraction_is_dated_in_the_fiscal_year_it_names() -> None:
+    ledger = new_ledger()
+    feed(ledger, opening(HEFEI, previous_year_income_fen=10_000_000),
+         opening(None, balance_fen=0), contribution(amount_fen=1_000_000))
+    last_instant_of_2025 = "2025-12-31T23:59:59+08:00"
+    outcomes = feed(
+        ledger,
+        extraction(1_000, fiscal_year=2026, occurred_at=last_instant_of_2025),  # early, on 2025's base
+        # late: 16:00 UTC on 31 December is 2026-01-01T00:00 in China Standard Time
+        extraction(1_000, fiscal_year=2025, occurred_at="2025-12-31T16:00:00Z"),
+        extraction(1_000, fiscal_year=2025, occurred_at=last_instant_of_2025),
+    )
+    assert statuses(outcomes) == [
+        ("rejected", "fiscal_year_mismatch"), ("rejected", "fiscal_year_mismatch"), ACCEPTED,
+    ]
+    assert outcomes[0].detail is not None and "2026" in outcomes[0].detail and "2025" in outcomes[0].detail
+
+
+def test_an_opening_is_dated_in_the_fiscal_year_it_opens() -> None:
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        opening(HEFEI, balance_fen=5_000, fiscal_year=2025, occurred_at="2024-12-31T23:59:59+08:00"),
+        opening(HEFEI, balance_fen=5_000, fiscal_year=2025, occurred_at="2025-01-01T00:00:00+08:00"),
+    )
+    assert statuses(outcomes) == [("rejected", "fiscal_year_mismatch"), ACCEPTED]
+
+
+# ----------------------------------------------------- P1 period_not_ended, earlier_year_open
+
+
+def test_a_year_is_closed_once_it_has_ended_in_china_standard_time() -> None:
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=1_000))
+    outcomes = feed(
+        ledger,
+        close(HEFEI, 2025, occurred_at="2025-12-31T23:59:59+08:00"),
+        close(HEFEI, 2025, occurred_at="2025-06-30T10:00:00+08:00"),
+        close(HEFEI, 2030, occurred_at="2026-01-05T10:00:00+08:00"),  # a year still to come
+        close(HEFEI, 2025, occurred_at="2026-01-01T00:00:00+08:00"),
+    )
+    assert statuses(outcomes) == [
+        ("rejected", "period_not_ended"), ("rejected", "period_not_ended"),
+        ("rejected", "period_not_ended"), ACCEPTED,
+    ]
+
+
+def test_a_year_is_closed_only_after_the_funds_previous_year() -> None:
+    ledger = new_ledger()
+    feed(
+        ledger,
+        contribution(amount_fen=1_000, occurred_at="2024-06-01T10:00:00+08:00"),
+        contribution(amount_fen=2_000, occurred_at="2025-06-01T10:00:00+08:00"),
+        contribution(BENGBU, amount_fen=3_000, occurred_at="2025-06-01T10:00:00+08:00"),
+    )
+    outcomes = feed(
+        ledger,
+        close(HEFEI, 2025, occurred_at="2026-01-05T10:00:00+08:00"),  # 2024 still open
+        close(BENGBU, 2025, occurred_at="2026-01-05T10:00:00+08:00"),  # no 2024 at all
+        close(HEFEI, 2024, occurred_at="2026-01-05T10:00:00+08:00"),
+        close(HEFEI, 2025, occurred_at="2026-01-05T10:00:00+08:00"),
+    )
+    assert statuses(outcomes) == [("rejected", "earlier_year_open"), ACCEPTED, ACCEPTED, ACCEPTED]
+
+
+# ---------------------------------------------------------------- P2 reversal_before_original
+
+
+def test_a_reversal_is_dated_no_earlier_than_its_original() -> None:
+    ledger = new_ledger()
+    original = contribution(amount_fen=4_000, occurred_at="2025-06-01T10:00:00+08:00")
+    feed(ledger, original)
+    outcomes = feed(
+        ledger,
+        reversal(original, occurred_at="2025-06-01T09:59:59+08:00"),
+        reversal(original, occurred_at="2025-06-01T02:00:00Z"),  # the same instant, in UTC
+    )
+    assert statuses(outcomes) == [("rejected", "reversal_before_original"), ACCEPTED]
+
+
+# ------------------------------------------- B5 budget_exists, no_approved_budget, below actual
+
+
+def test_a_budget_is_approved_once_then_adjusted_never_below_what_was_paid() -> None:
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=2_000_000))
+    assert statuses(feed(ledger, budget(1_000_000, 900_000, type_="BudgetAdjusted"))) == [
+        ("rejected", "no_approved_budget")
+    ]
+    assert statuses(feed(ledger, budget(1_000_000, 900_000))) == [ACCEPTED]
+    assert statuses(feed(ledger, budget(1_000_000, 950_000))) == [("rejected", "budget_exists")]
+    assert statuses(feed(ledger, claim(amount_fen=600_000))) == [ACCEPTED]
+    outcomes = feed(
+        ledger,
+        budget(1_000_000, 599_999, type_="BudgetAdjusted"),
+        budget(1_000_000, 600_000, type_="BudgetAdjusted"),
+    )
+    assert statuses(outcomes) == [("rejected", "budget_below_actual"), ACCEPTED]
