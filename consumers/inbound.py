@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -116,14 +117,14 @@ class Inbound:
         if self.event is None:
             assert self.error is not None
             return self._message_of_bytes(self.error)
-        canonical = self.event.model_dump_json().encode()  # what the digest is taken of (I1)
+        payload = orjson.loads(self.event.model_dump_json())  # = model_dump(mode="json"), faster
         return Message(
             event=self.event,
             refusal=None,
             event_id=str(self.event.event_id),
             event_type=self.event.type,
-            payload=orjson.loads(canonical),  # = model_dump(mode="json"), at a fraction of its cost
-            payload_digest=hashlib.sha256(canonical).hexdigest(),
+            payload=payload,
+            payload_digest=meaning_digest(payload, self.event.occurred_at),
             delivery_key=self._delivery_key(),
             source=self._source(),
         )
@@ -171,6 +172,17 @@ class Inbound:
 
     def _source(self) -> dict[str, Any] | None:
         return self.position.as_dict() if self.position is not None else None
+
+
+def meaning_digest(payload: dict[str, Any], occurred_at: datetime) -> str:
+    """I1: what tells a re-delivery from a new fact, judged on the event's meaning, not its bytes.
+
+    The parsed event (every field, defaults filled in) with its instant written in UTC, keys
+    sorted: the same instant written with another offset, or keys in another order, is the
+    same payload; any other difference is another.
+    """
+    meaning = {**payload, "occurred_at": occurred_at.astimezone(UTC).isoformat()}
+    return hashlib.sha256(orjson.dumps(meaning, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _event_id_of(error: InputError) -> str | None:

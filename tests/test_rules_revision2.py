@@ -126,3 +126,20 @@ def test_a_budget_is_approved_once_then_adjusted_never_below_what_was_paid() -> 
         budget(1_000_000, 600_000, type_="BudgetAdjusted"),
     )
     assert statuses(outcomes) == [("rejected", "budget_below_actual"), ACCEPTED]
+
+
+# ------------------------------------------------------------- I1 duplicates judged on meaning
+
+
+def test_the_same_event_with_its_instant_in_utc_or_its_keys_reordered_is_a_duplicate() -> None:
+    import json
+
+    ledger = new_ledger()
+    first = contribution(amount_fen=4_000, occurred_at="2025-06-01T10:00:00+08:00")
+    in_utc = {**first, "occurred_at": "2025-06-01T02:00:00Z"}
+    reordered = dict(reversed(list(first.items())))
+    a_second_later = {**first, "occurred_at": "2025-06-01T10:00:01+08:00"}
+    outcomes = feed(ledger, first, in_utc, reordered, a_second_later)
+    assert [o.status for o in outcomes] == ["accepted", "duplicate", "duplicate", "rejected"]
+    assert outcomes[3].reason == "event_id_conflict"
+    assert json.dumps(reordered) != json.dumps(first)  # really other bytes
