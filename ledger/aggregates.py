@@ -77,6 +77,8 @@ class Fund(Aggregate):
         self.closed_years: dict[int, int] = {}
         # the latest business day (CST, ISO) a movement of this fund happened on
         self.last_business_day: str | None = None
+        # P3: the opening was reversed, so a corrected one may be recorded
+        self.opening_reversed = False
         # legs booked (and applied) but not yet in an event (`book`)
         self._unsaved_legs: list[dict[str, Any]] = []
 
@@ -204,8 +206,9 @@ class Fund(Aggregate):
         )
 
     def check_opening_comes_first(self) -> None:
-        """P3: the opening balance is recorded once, before any other movement of the fund."""
-        if self.opening is not None or self.booking_count:
+        """P3: the opening balance is recorded once, before any other movement of the fund; a
+        reversed opening frees its place for a corrected one."""
+        if self.opening is not None or (self.booking_count and not self.opening_reversed):
             raise Rejected(
                 Reason.opening_balance_exists,
                 "P3",
@@ -574,6 +577,9 @@ def _apply_leg(fund: Fund, leg: dict[str, Any]) -> None:
         fund.year_net_fen[fiscal_year] = fund.year_net_fen.get(fiscal_year, 0) + delta
     day = business_date_of(datetime.fromisoformat(leg["occurred_at"])).isoformat()
     fund.last_business_day = max(day, fund.last_business_day or day)
+    if category == OPENING_CATEGORY and leg["reversal_of"]:  # P3: no longer in force
+        fund.opening = None
+        fund.opening_reversed = True
 
 
 def receipt_id(event_id: str) -> UUID:

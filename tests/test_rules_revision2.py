@@ -143,3 +143,30 @@ def test_the_same_event_with_its_instant_in_utc_or_its_keys_reordered_is_a_dupli
     assert [o.status for o in outcomes] == ["accepted", "duplicate", "duplicate", "rejected"]
     assert outcomes[3].reason == "event_id_conflict"
     assert json.dumps(reordered) != json.dumps(first)  # really other bytes
+
+
+# ------------------------------------------------------- P3 a reversed opening frees its place
+
+
+def test_a_reversed_opening_may_be_recorded_again_and_only_the_one_in_force_sets_the_base() -> None:
+    ledger = new_ledger()
+    wrong = opening(HEFEI, balance_fen=2_000_000, previous_year_income_fen=100_000_000)
+
+    def corrected() -> dict[str, object]:  # a new fact each time: a new event_id (I1)
+        return opening(HEFEI, balance_fen=2_000_000, previous_year_income_fen=1_000_000,
+                       occurred_at="2025-02-01T10:00:00+08:00")
+
+    feed(ledger, opening(None, balance_fen=0), wrong, contribution(amount_fen=10_000))
+    assert statuses(feed(ledger, corrected())) == [("rejected", "opening_balance_exists")]
+    outcomes = feed(
+        ledger,
+        reversal(wrong, occurred_at="2025-01-20T10:00:00+08:00"),
+        extraction(50_001, occurred_at="2025-01-21T10:00:00+08:00"),  # no opening in force: base 0
+        corrected(),
+        extraction(50_001),  # 5 % of 1,000,000 is 50,000
+        extraction(50_000),
+    )
+    assert statuses(outcomes) == [
+        ACCEPTED, ("rejected", "extraction_cap_exceeded"), ACCEPTED,
+        ("rejected", "extraction_cap_exceeded"), ACCEPTED,
+    ]
