@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import io
 import re
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
@@ -40,6 +42,10 @@ from projections.queries import NotFound
 
 POOL_SIZE_MAX = 8
 POOL_TIMEOUT_S = 10.0
+#: A kept response is served again for at most this long (and only at the same projection position).
+CACHE_TTL_S = 1.0
+CACHE_ENTRIES_MAX = 256
+CACHE_BODY_BYTES_MAX = 512 * 1024
 #: Longest path value (city, account, event id) the API looks up; longer ones cannot exist.
 PATH_VALUE_LENGTH_MAX = 200
 #: No NUL or other control character in a path value (PostgreSQL text cannot even hold NUL).
@@ -82,6 +88,89 @@ def csp_for(html: str) -> str:
         for script in _INLINE_SCRIPT.findall(html)
     )
     return CSP_PAGE.format(hashes=hashes)
+
+
+class ResponseCache:
+    """Answers a repeated authorised `GET /v1/...` from memory while the read tables are unchanged.
+
+    The read tables change only when the projector commits a page, which moves its position
+    (`pl_tracking`) in the same transaction. A response is kept with the position it was read
+    at, and served again only while the position is the same and for at most CACHE_TTL_S (the
+    answers that say "as of now" move on with the clock). The position is read per request
+    on a connection of its own (one query, no worker thread), so a hit costs neither a pool
+    connection nor FastAPI's routing, validation and serialisation.
+    """
+
+    def __init__(self, app: ASGIApp, reader_url: str, api_token: str) -> None:
+        self.app, self.reader_url, self.api_token = app, reader_url, api_token.encode()
+        self.entries: OrderedDict[tuple[str, bytes], tuple[int, float, list[Any], bytes]] = OrderedDict()
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.lock = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if not self._authorised(scope):
+            await self.app(scope, receive, send)  # the app answers 401
+            return
+        position = await self._position()
+        if position is None:
+            await self.app(scope, receive, send)
+            return
+        key = (scope["path"], scope["query_string"])
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] == position and time.monotonic() - entry[1] < CACHE_TTL_S:
+            self.entries.move_to_end(key)
+            await send({"type": "http.response.start", "status": 200, "headers": entry[2]})
+            await send({"type": "http.response.body", "body": entry[3]})
+            return
+        started: dict[str, Any] = {}
+        body = bytearray()
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started.update(message)
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body") and started.get("status") == 200 and len(body) <= CACHE_BODY_BYTES_MAX:
+                    self._keep(key, position, list(started.get("headers", [])), bytes(body))
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+    def _authorised(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                kind, _, token = bytes(value).partition(b" ")
+                return kind.lower() == b"bearer" and hmac.compare_digest(token, self.api_token)
+        return False
+
+    async def _position(self) -> int | None:
+        async with self.lock:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await psycopg.AsyncConnection.connect(self.reader_url, autocommit=True)
+                cur = await self.conn.execute(
+                    "SELECT notification_id FROM pl_tracking WHERE projection = 'treasury'"
+                )
+                row = await cur.fetchone()
+            except psycopg.Error:
+                if self.conn is not None:
+                    await self.conn.close()
+                self.conn = None
+                return None  # no cache while PostgreSQL is away: the app answers (or fails) as usual
+        return int(row[0]) if row else None
+
+    def _keep(self, key: tuple[str, bytes], position: int, headers: list[Any], body: bytes) -> None:
+        self.entries[key] = (position, time.monotonic(), headers, body)
+        self.entries.move_to_end(key)
+        while len(self.entries) > CACHE_ENTRIES_MAX:
+            self.entries.popitem(last=False)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
 
 
 class SecurityHeaders:
@@ -175,6 +264,8 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         ).body).decode(),
     }
     app.add_middleware(SecurityHeaders, pages={path: csp_for(html) for path, html in pages.items()})
+    # outside the security headers: what it keeps already carries them
+    app.add_middleware(ResponseCache, reader_url=reader_url, api_token=api_token)
     app.mount(STATIC_PATH, StaticFiles(packages=[("projections", "static")]), name="static")
 
     def authorised(request: Request) -> None:

@@ -468,3 +468,25 @@ def test_more_concurrent_requests_than_worker_threads_and_connections_all_get_an
         statuses = [f.result(timeout=120).status_code for f in futures]
     assert statuses == [200] * 450
     assert served.client.get("/health").status_code == 200
+
+
+def test_a_repeated_request_answers_with_what_the_projector_applied_since(served: Served) -> None:
+    """Responses are kept per projection position (projections.api.ResponseCache): a request
+    repeated after a page is projected gets the new figures at once, and the token is still
+    checked for a request whose answer is kept."""
+    path = "/v1/cities/340100/balances"
+    before = served.get(path, scheme="resident")
+    assert served.get(path, scheme="resident") == before  # the kept answer
+    new = [contribution("340100", "resident", 4_321, "2026-03-01T10:00:00+08:00")]
+    served.feed.send(new)
+    served.model.feed(new)
+    assert served.get(path, scheme="resident") == before  # not projected yet: the same figures
+    project(served.database_url, served.ledger)
+    after = served.get(path, scheme="resident")
+    assert after["balance_fen"] == before["balance_fen"] + 4_321
+    assert after["balance_fen"] == served.model.balance("city:340100:resident:pooling")
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = served.client.get(path, params={"scheme": "resident"}, headers=headers)
+        assert refused.status_code == 401
+    kept = served.client.get(path, params={"scheme": "resident"}, headers=AUTH)
+    assert kept.headers["x-content-type-options"] == "nosniff"  # security headers on a kept answer
