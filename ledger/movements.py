@@ -102,6 +102,8 @@ class Transfer:
         E2: never across schemes. E3: only the chart's edges (backwards only for a reversal,
         P2); no city pays another city, no fund pays into a fiscal budget. E4 follows from
         the edges: the adjustment fund trades only with city pooling funds and bank interest.
+        E7: a city fund pays the institutions of another city for treatment there (and a
+        reversal brings it back); that is not one city paying another.
         """
         debit, credit = self.debit, self.credit
         edges = accounts.REVERSED_EDGES if self.is_reversal else accounts.FORWARD_EDGES
@@ -109,7 +111,7 @@ class Transfer:
             violation = f"no edge from {debit.kind} to {credit.kind} (E3)"
         elif debit.scheme and credit.scheme and debit.scheme != credit.scheme:
             violation = f"{self.debit_account} and {self.credit_account} are in different schemes (E2)"
-        elif debit.city and credit.city and debit.city != credit.city:
+        elif debit.city and credit.city and debit.city != credit.city and "institutions" not in (debit.kind, credit.kind):
             violation = f"{self.debit_account} and {self.credit_account} belong to different cities (E3)"
         else:
             return
@@ -171,10 +173,11 @@ def subsidy(e: SubsidyDisbursed) -> Transfer:
 
 
 def claim(e: ClaimPaid) -> Transfer:
+    """E7: the insured city's fund pays the institutions of the city that treated (its own by default)."""
     return _transfer(
         e,
         accounts.city_pooling(e.city, e.scheme),
-        accounts.institutions(e.city),
+        accounts.institutions(e.institution_city or e.city),
         e.amount_fen,
         CLAIM_PREFIX + e.category.value,
     )

@@ -85,6 +85,11 @@ class PolicyTerms:
         city = getattr(event, "city", None)
         if city is not None and city not in policy.cities:
             raise Rejected(Reason.unknown_city, "I2", f"city {city} is not in policy {policy.name!r}")
+        treated_in = getattr(event, "institution_city", None)  # E7
+        if treated_in is not None and treated_in not in policy.cities:
+            raise Rejected(
+                Reason.unknown_city, "I2", f"institution_city {treated_in} is not in policy {policy.name!r}"
+            )
 
     def check_subsidised_scheme(self, event: SubsidyDisbursed) -> None:
         """E5: fiscal subsidies go to the subsidised schemes only (resident by default)."""

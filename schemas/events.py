@@ -200,6 +200,11 @@ class ClaimPaid(Envelope):
     category: ClaimCategory
     eligible_fen: PositiveFen
     amount_fen: PositiveFen
+    institution_city: DivisionCode | None = Field(
+        default=None,
+        description="City of the institution that treated the insured (RULES E7, one-stop "
+        "settlement); absent: the insured's own `city`.",
+    )
 
     @model_validator(mode="after")
     def _payout_within_eligible(self) -> ClaimPaid:

@@ -283,12 +283,16 @@ def test_edge_violation_refuses_movements_across_schemes(debit: str, credit: str
     ("debit", "credit"),
     [
         ("external:contributors:340100:resident:individual", "city:340200:resident:pooling"),
-        ("city:340100:resident:pooling", "external:institutions:340200"),
         ("city:340100:resident:pooling", "city:340200:resident:pooling"),  # no city pays another
     ],
 )
 def test_edge_violation_refuses_movements_across_cities(debit: str, credit: str) -> None:
     assert edge_violation(debit, credit) is not None
+
+
+def test_a_city_fund_pays_the_institutions_of_another_city_for_treatment_there() -> None:
+    """RULES revision 2, E7 (one-stop settlement): not one city paying another."""
+    assert edge_violation("city:340100:resident:pooling", "external:institutions:340200") is None
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,8 @@ def message(op: Op, n: int) -> dict[str, Any]:
     if op.kind == "interest":
         return interest(op.scheme, op.amount_fen, city=op.city, **envelope)
     assert op.kind == "opening"
-    return opening(op.city, op.scheme, op.amount_fen, **envelope)
+    # dated in the fiscal year it opens (RULES revision 2, M2)
+    return opening(op.city, op.scheme, op.amount_fen, fiscal_year=fiscal_year(op.occurred_at), **envelope)
 
 
 class Model:

@@ -170,3 +170,26 @@ def test_a_reversed_opening_may_be_recorded_again_and_only_the_one_in_force_sets
         ACCEPTED, ("rejected", "extraction_cap_exceeded"), ACCEPTED,
         ("rejected", "extraction_cap_exceeded"), ACCEPTED,
     ]
+
+
+# ------------------------------------------------------------- E7 treatment in another city
+
+
+def test_a_claim_treated_in_another_city_is_paid_by_the_insured_citys_fund() -> None:
+    from tests.upstream import WUHU, balance, pooling, trial_balance
+
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=100_000))
+    elsewhere = {**claim(amount_fen=30_000), "institution_city": WUHU}
+    at_home = claim(amount_fen=20_000)
+    unknown = {**claim(amount_fen=1_000), "institution_city": "349900"}
+    outcomes = feed(ledger, elsewhere, at_home, unknown)
+    assert statuses(outcomes) == [ACCEPTED, ACCEPTED, ("rejected", "unknown_city")]
+    assert balance(ledger, pooling(HEFEI)) == 100_000 - 30_000 - 20_000
+    assert balance(ledger, pooling(WUHU)) == 0  # the insured's city pays, not the treating one
+    trial = trial_balance(ledger)
+    assert trial.balances_fen["external:institutions:340200"] == 30_000
+    assert trial.balances_fen["external:institutions:340100"] == 20_000
+    assert trial.total_fen == 0
+    assert statuses(feed(ledger, reversal(elsewhere))) == [ACCEPTED]
+    assert balance(ledger, pooling(HEFEI)) == 100_000 - 20_000
