@@ -109,6 +109,7 @@ FORWARD_EDGES = frozenset(
         ("contributors", "city_pooling"),
         ("finance", "city_pooling"),
         ("city_pooling", "institutions"),
+        ("institutions", "city_pooling"),  # a recovery (P4)
         ("interest", "city_pooling"),
         ("interest", "province_adjustment"),
         ("opening_equity", "city_pooling"),

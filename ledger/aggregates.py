@@ -32,6 +32,7 @@ CONTRIBUTION_PREFIX = "contribution."
 SUBSIDY_PREFIX = "subsidy."
 CLAIM_PREFIX = "claim."
 PRIOR_YEAR_PREFIX = "prior_year_adjustment."
+RECOVERY_PREFIX = "recovery."
 #: Fund state keyed by fiscal year (JSON object keys are strings in a stored snapshot).
 YEAR_KEYED_STATE = ("totals_fen", "year_net_fen", "budgets", "closed_years")
 
@@ -644,6 +645,8 @@ class Receipt(Aggregate):
         self.reason = reason
         self.transfer = transfer
         self.reversed_by: str | None = None
+        #: P4: fen recovered so far against this claim
+        self.recovered_fen = 0
 
     @classmethod
     def accept(cls, id: UUID, **fields: Any) -> Receipt:
@@ -695,6 +698,41 @@ class Receipt(Aggregate):
                 f"{original_event_id} ({original.transfer['occurred_at']})",
             )
 
+    @staticmethod
+    def check_recoverable(claim: Receipt | None, claim_event_id: str, fund_account: str, amount_fen: int) -> None:
+        """P4: a recovery names an accepted, unreversed claim the same fund paid, and the total
+        recovered against it never exceeds what it paid."""
+        if claim is None or not claim.is_accepted_movement or claim.event_type != "ClaimPaid":
+            fate = "unknown" if claim is None else (
+                "rejected" if claim.status == "rejected" else f"a {claim.event_type}, not a paid claim"
+            )
+            raise Rejected(
+                Reason.unknown_original, "P4", f"claim {claim_event_id} is {fate}: nothing to recover against"
+            )
+        assert claim.transfer is not None
+        if claim.reversed_by is not None:
+            raise Rejected(
+                Reason.unknown_original, "P4",
+                f"claim {claim_event_id} was reversed by {claim.reversed_by}: nothing to recover against",
+            )
+        if claim.transfer["debit_account"] != fund_account:
+            raise Rejected(
+                Reason.unknown_original, "P4",
+                f"claim {claim_event_id} was paid by {claim.transfer['debit_account']}, not {fund_account}",
+            )
+        paid_fen = claim.transfer["amount_fen"]
+        if claim.recovered_fen + amount_fen > paid_fen:
+            raise Rejected(
+                Reason.recovery_exceeds_claim,
+                "P4",
+                f"claim {claim_event_id} paid {paid_fen} fen and {claim.recovered_fen} fen were recovered "
+                f"already: at most {paid_fen - claim.recovered_fen} fen more",
+                {"paid_fen": paid_fen, "recovered_fen": claim.recovered_fen},
+            )
+
+    def record_recovery(self, recovery_event_id: str, amount_fen: int) -> None:
+        self.trigger_event(self.RecoveryRecorded, recovery_event_id=recovery_event_id, amount_fen=amount_fen)
+
     def check_same_payload(self, payload_digest: str) -> None:
         """I1: a re-delivery of an event_id carries the payload it was decided on."""
         if self.payload_sha256 != payload_digest:
@@ -724,6 +762,13 @@ class Receipt(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             """The first delivery's fate stands; the conflict is on record."""
+
+    class RecoveryRecorded(AggregateEvent):
+        recovery_event_id: str
+        amount_fen: int
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Receipt, aggregate).recovered_fen += self.amount_fen
 
     class MarkedReversed(AggregateEvent):
         reversal_event_id: str

@@ -524,6 +524,7 @@ class _Fate:
     reason: str | None
     transfer: tuple[Any, ...] | None  # its values in `_TRANSFER_FIELDS` order, names shared
     reversed_by: str | None
+    recovered_fen: int
 
     @classmethod
     def of(cls, receipt: Receipt) -> _Fate:
@@ -535,7 +536,7 @@ class _Fate:
                 for k, v in ((k, booked[k]) for k in _TRANSFER_FIELDS)
             )
         return cls(receipt.event_id, receipt.event_type, receipt.payload_sha256, receipt.reason,
-                   transfer, receipt.reversed_by)
+                   transfer, receipt.reversed_by, receipt.recovered_fen)
 
     def booked(self) -> dict[str, Any] | None:
         return dict(zip(_TRANSFER_FIELDS, self.transfer, strict=True)) if self.transfer is not None else None
@@ -549,6 +550,7 @@ class _Fate:
             receipt = Receipt.reject(id, reason=self.reason, rule="", detail="", raw_base64=None, **common)
         receipt.collect_events()
         receipt.reversed_by = self.reversed_by
+        receipt.recovered_fen = self.recovered_fen
         return receipt
 
 

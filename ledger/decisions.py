@@ -30,6 +30,7 @@ from schemas.events import (
     InterestCredited,
     OpeningBalanceRecorded,
     PolicyAdopted,
+    RecoveryReceived,
     SubsidyDisbursed,
 )
 from schemas.policy import Scheme
@@ -84,6 +85,19 @@ def claim(e: ClaimPaid, terms: PolicyTerms, state: State) -> Transfer:
     fund.check_period_open(transfer.fiscal_year)  # a closed year's reason comes first
     fund.check_within_budget(transfer.fiscal_year, e.amount_fen, terms.policy.require_budget)
     return book(transfer, state, period_checked=fund)
+
+
+def recovery(e: RecoveryReceived, terms: PolicyTerms, state: State) -> Transfer:
+    """P4: money clawed back into the fund that paid, never more than a named claim paid."""
+    transfer = movements.recovery(e)
+    claim_receipt = None
+    if e.claim_event_id is not None:
+        claim_receipt = state.receipt_of(str(e.claim_event_id))
+        Receipt.check_recoverable(claim_receipt, str(e.claim_event_id), transfer.credit_account, e.amount_fen)
+    book(transfer, state)
+    if claim_receipt is not None:
+        claim_receipt.record_recovery(str(e.event_id), e.amount_fen)
+    return transfer
 
 
 def interest(e: InterestCredited, terms: PolicyTerms, state: State) -> Transfer:
@@ -214,4 +228,5 @@ DECISIONS: dict[str, Decision] = {
     "FiscalYearClosed": close_year,
     "EventReversed": reversal,
     "PolicyAdopted": adopt_policy,
+    "RecoveryReceived": recovery,
 }

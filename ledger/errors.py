@@ -35,6 +35,7 @@ class Reason(StrEnum):
     budget_exists = "budget_exists"
     no_approved_budget = "no_approved_budget"
     budget_below_actual = "budget_below_actual"
+    recovery_exceeds_claim = "recovery_exceeds_claim"
     #: A booking would take a fund's balance, or a year's total of one category, above MAX_FEN.
     amount_out_of_range = "amount_out_of_range"
     #: Above POOLING_MESSAGE_SIZE_MAX bytes: refused unparsed, only an excerpt and the sha256 kept.

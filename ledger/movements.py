@@ -20,6 +20,7 @@ from ledger.aggregates import (
     CLAIM_PREFIX,
     CONTRIBUTION_PREFIX,
     PRIOR_YEAR_PREFIX,
+    RECOVERY_PREFIX,
     SUBSIDY_PREFIX,
 )
 from ledger.aggregates import (
@@ -41,6 +42,7 @@ from schemas.events import (
     Envelope,
     InterestCredited,
     OpeningBalanceRecorded,
+    RecoveryReceived,
     SubsidyDisbursed,
 )
 
@@ -180,6 +182,17 @@ def claim(e: ClaimPaid) -> Transfer:
         accounts.institutions(e.institution_city or e.city),
         e.amount_fen,
         CLAIM_PREFIX + e.category.value,
+    )
+
+
+def recovery(e: RecoveryReceived) -> Transfer:
+    """P4: from the institutions of the city that was paid back into the fund that paid."""
+    return _transfer(
+        e,
+        accounts.institutions(e.institution_city or e.city),
+        accounts.city_pooling(e.city, e.scheme),
+        e.amount_fen,
+        RECOVERY_PREFIX + e.reason.value,
     )
 
 

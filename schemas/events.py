@@ -46,6 +46,7 @@ from schemas.policy import (
     PayerKind,
     Policy,
     PositiveFen,
+    RecoveryReason,
     Scheme,
     SubsidyLevel,
 )
@@ -296,6 +297,24 @@ class EventReversed(Envelope):
     reason: Reason
 
 
+class RecoveryReceived(Envelope):
+    """Money clawed back from a medical institution into the fund that paid (RULES P4): for
+    fraud, an overpayment or an audit adjustment, wholly or in part, against a named claim or not."""
+
+    type: Literal["RecoveryReceived"]
+    city: DivisionCode
+    scheme: Scheme
+    institution_id: Identifier
+    institution_city: DivisionCode | None = Field(
+        default=None, description="City of the institution; absent: `city` (RULES E7)."
+    )
+    reason: RecoveryReason
+    claim_event_id: EventId | None = Field(
+        default=None, description="The ClaimPaid recovered from; its total recovered never exceeds its amount."
+    )
+    amount_fen: PositiveFen
+
+
 class PolicyAdopted(Envelope):
     """A policy in force from `effective_from` (China Standard Time)."""
 
@@ -318,6 +337,7 @@ UpstreamEvent = Annotated[
         | FiscalYearClosed
         | EventReversed
         | PolicyAdopted
+        | RecoveryReceived
     ),
     Field(discriminator="type"),
 ]
@@ -337,6 +357,7 @@ EVENT_TYPES: dict[str, type[Envelope]] = {
         FiscalYearClosed,
         EventReversed,
         PolicyAdopted,
+        RecoveryReceived,
     )
 }
 

@@ -63,6 +63,14 @@ class AllocationReason(StrEnum):
     benefit_increase = "benefit_increase"
 
 
+class RecoveryReason(StrEnum):
+    """Why money is clawed back from an institution (RULES P4)."""
+
+    fraud = "fraud"
+    overpayment = "overpayment"
+    audit_adjustment = "audit_adjustment"
+
+
 class ExtractionBase(StrEnum):
     contributions = "contributions"
     contributions_and_subsidies = "contributions_and_subsidies"

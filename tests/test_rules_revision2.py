@@ -193,3 +193,54 @@ def test_a_claim_treated_in_another_city_is_paid_by_the_insured_citys_fund() -> 
     assert trial.total_fen == 0
     assert statuses(feed(ledger, reversal(elsewhere))) == [ACCEPTED]
     assert balance(ledger, pooling(HEFEI)) == 100_000 - 20_000
+
+
+# ------------------------------------------------------------------- P4 recoveries
+
+
+def recovery(amount_fen: int, claim_event_id: str | None = None, *, city: str = HEFEI,
+             reason: str = "fraud", **fields: object) -> dict[str, object]:
+    from tests.upstream import event
+
+    extra = {"claim_event_id": claim_event_id} if claim_event_id is not None else {}
+    return event("RecoveryReceived", city=city, scheme="resident", institution_id="hosp-1",
+                 reason=reason, amount_fen=amount_fen, occurred_at="2025-05-01T10:00:00+08:00",
+                 **extra, **fields)
+
+
+def test_recoveries_against_a_claim_never_exceed_what_it_paid() -> None:
+    from tests.upstream import WUHU, balance, pooling, trial_balance
+
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=100_000), contribution(WUHU, amount_fen=100_000))
+    paid = claim(amount_fen=30_000)
+    refused = contribution(amount_fen=-5)  # rejected (invalid_schema)
+    reversed_claim = claim(amount_fen=1_000)
+    feed(ledger, paid, refused, reversed_claim, reversal(reversed_claim))
+    outcomes = feed(
+        ledger,
+        recovery(20_000, paid["event_id"]),
+        recovery(10_001, paid["event_id"], reason="overpayment"),  # 20,000 + 10,001 > 30,000
+        recovery(10_000, paid["event_id"], reason="audit_adjustment"),  # exactly what it paid
+        recovery(1, paid["event_id"]),
+        recovery(5_000),  # no claim named
+        recovery(1, refused["event_id"]),
+        recovery(1, reversed_claim["event_id"]),
+        recovery(1, "00000000-0000-4000-8000-00000000abcd"),
+        recovery(1, paid["event_id"], city=WUHU),  # not the fund that paid it
+    )
+    assert statuses(outcomes) == [
+        ACCEPTED,
+        ("rejected", "recovery_exceeds_claim"),
+        ACCEPTED,
+        ("rejected", "recovery_exceeds_claim"),
+        ACCEPTED,
+        ("rejected", "unknown_original"),
+        ("rejected", "unknown_original"),
+        ("rejected", "unknown_original"),
+        ("rejected", "unknown_original"),
+    ]
+    assert balance(ledger, pooling(HEFEI)) == 100_000 - 30_000 + 20_000 + 10_000 + 5_000
+    trial = trial_balance(ledger)
+    assert trial.balances_fen["external:institutions:340100"] == 30_000 - 35_000
+    assert trial.total_fen == 0

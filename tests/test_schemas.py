@@ -115,6 +115,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "EventReversed": envelope(
         "EventReversed", original_event_id=OTHER_ID, reason="duplicate upload from tax bureau"
     ),
+    "RecoveryReceived": envelope(
+        "RecoveryReceived",
+        city="340100",
+        scheme="resident",
+        institution_id="H340100001",
+        reason="fraud",
+        amount_fen=12_000,
+    ),
     "PolicyAdopted": envelope(
         "PolicyAdopted",
         effective_from="2025-01-01",
@@ -154,7 +162,7 @@ def schema_error(raw: bytes) -> InvalidSchema:
 
 def test_examples_cover_every_type() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES)
-    assert len(EVENT_TYPES) == 12
+    assert len(EVENT_TYPES) == 13  # RecoveryReceived since RULES revision 2 (P4)
 
 
 @pytest.mark.parametrize("type_", sorted(EXAMPLES))
