@@ -42,6 +42,11 @@ def institutions(city: str) -> str:
     return f"external:institutions:{city}"
 
 
+def insurers(insurer_id: str) -> str:
+    """Major-illness insurers paid premiums (RULES E8)."""
+    return f"external:insurers:{insurer_id}"
+
+
 def fund_account(city: str | None, scheme: Scheme | str) -> str:
     """The pooling fund of `city`, or the provincial adjustment fund when `city` is None."""
     return province_adjustment(scheme) if city is None else city_pooling(city, scheme)
@@ -94,6 +99,8 @@ def _parse(account: str) -> AccountName:
             return AccountName("finance")
         case ["external", "institutions", city]:
             return AccountName("institutions", city)
+        case ["external", "insurers", _insurer]:
+            return AccountName("insurers")
         case ["external", "interest"]:
             return AccountName("interest")
         case ["equity", "opening"]:
@@ -110,6 +117,7 @@ FORWARD_EDGES = frozenset(
         ("finance", "city_pooling"),
         ("city_pooling", "institutions"),
         ("institutions", "city_pooling"),  # a recovery (P4)
+        ("city_pooling", "insurers"),  # the major-illness premium (E8)
         ("interest", "city_pooling"),
         ("interest", "province_adjustment"),
         ("opening_equity", "city_pooling"),

@@ -33,6 +33,8 @@ SUBSIDY_PREFIX = "subsidy."
 CLAIM_PREFIX = "claim."
 PRIOR_YEAR_PREFIX = "prior_year_adjustment."
 RECOVERY_PREFIX = "recovery."
+#: The major-illness insurance premium (E8): a benefit expenditure beside the claims (B3).
+PREMIUM_CATEGORY = "premium.critical_illness"
 #: Fund state keyed by fiscal year (JSON object keys are strings in a stored snapshot).
 YEAR_KEYED_STATE = ("totals_fen", "year_net_fen", "budgets", "closed_years")
 
@@ -448,7 +450,8 @@ class Fund(Aggregate):
         return sum(v for c, v in self.totals_fen.get(fiscal_year, {}).items() if c.startswith(prefix))
 
     def claims_paid_fen(self, fiscal_year: int) -> int:
-        return self.total_with_prefix_fen(fiscal_year, CLAIM_PREFIX)
+        """B3: the benefit expenditure of a year: claims, and the major-illness premium (E8)."""
+        return self.total_with_prefix_fen(fiscal_year, CLAIM_PREFIX) + self.total_fen(fiscal_year, PREMIUM_CATEGORY)
 
     def collected_income_fen(self, fiscal_year: int, with_subsidies: bool) -> int:
         """X3: contributions (and, by policy, subsidies) collected in a fiscal year."""

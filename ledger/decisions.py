@@ -25,6 +25,7 @@ from schemas.events import (
     BudgetApproved,
     ClaimPaid,
     ContributionReceived,
+    CriticalIllnessPremiumPaid,
     EventReversed,
     FiscalYearClosed,
     InterestCredited,
@@ -70,7 +71,19 @@ def book(transfer: Transfer, state: State, *, period_checked: Fund | None = None
 
 
 def contribution(e: ContributionReceived, terms: PolicyTerms, state: State) -> Transfer:
+    movements.check_resident_scheme_only(e)
     return book(movements.contribution(e), state)
+
+
+def premium(e: CriticalIllnessPremiumPaid, terms: PolicyTerms, state: State) -> Transfer:
+    """E8: a benefit expenditure of the resident pooling fund, within the approved budget (B3)."""
+    movements.check_resident_scheme_only(e)
+    transfer = movements.premium(e)
+    fund = state.fund(transfer.debit_account)
+    fund.check_period_open(transfer.fiscal_year)  # a closed year's reason comes first
+    movements.check_dated_in_fiscal_year(e.fiscal_year, e.occurred_at)
+    fund.check_within_budget(transfer.fiscal_year, e.amount_fen, terms.policy.require_budget)
+    return book(transfer, state, period_checked=fund)
 
 
 def subsidy(e: SubsidyDisbursed, terms: PolicyTerms, state: State) -> Transfer:
@@ -229,4 +242,5 @@ DECISIONS: dict[str, Decision] = {
     "EventReversed": reversal,
     "PolicyAdopted": adopt_policy,
     "RecoveryReceived": recovery,
+    "CriticalIllnessPremiumPaid": premium,
 }

@@ -32,6 +32,9 @@ from ledger.aggregates import (
 from ledger.aggregates import (
     OPENING_CATEGORY as OPENING,
 )
+from ledger.aggregates import (
+    PREMIUM_CATEGORY as PREMIUM,
+)
 from ledger.clock import fiscal_year_of
 from ledger.errors import Reason, Rejected
 from schemas.events import (
@@ -39,6 +42,7 @@ from schemas.events import (
     AdjustmentFundExtracted,
     ClaimPaid,
     ContributionReceived,
+    CriticalIllnessPremiumPaid,
     Envelope,
     InterestCredited,
     OpeningBalanceRecorded,
@@ -183,6 +187,24 @@ def claim(e: ClaimPaid) -> Transfer:
         e.amount_fen,
         CLAIM_PREFIX + e.category.value,
     )
+
+
+def check_resident_scheme_only(e: ContributionReceived | CriticalIllnessPremiumPaid) -> None:
+    """E8: medical assistance pays aid recipients' contributions, and the major-illness premium is
+    paid, in the resident scheme only."""
+    if e.scheme == "resident" or (isinstance(e, ContributionReceived) and e.payer_kind != "medical_assistance"):
+        return
+    what = "medical assistance pays contributions" if isinstance(e, ContributionReceived) else (
+        "the major-illness insurance premium is paid")
+    raise Rejected(Reason.earmark_violation, "E8", f"{what} in the resident scheme only, not {e.scheme.value}")
+
+
+def premium(e: CriticalIllnessPremiumPaid) -> Transfer:
+    """E8: the resident pooling fund pays the insurer; booked in the fiscal year it names (M2)."""
+    transfer = _transfer(
+        e, accounts.city_pooling(e.city, e.scheme), accounts.insurers(e.insurer_id), e.amount_fen, PREMIUM
+    )
+    return replace(transfer, fiscal_year=e.fiscal_year)
 
 
 def recovery(e: RecoveryReceived) -> Transfer:

@@ -315,6 +315,18 @@ class RecoveryReceived(Envelope):
     amount_fen: PositiveFen
 
 
+class CriticalIllnessPremiumPaid(Envelope):
+    """The major-illness insurance premium a city's resident pooling fund pays an insurer (RULES
+    E8): a benefit expenditure, counted against the approved budget (B3)."""
+
+    type: Literal["CriticalIllnessPremiumPaid"]
+    city: DivisionCode
+    scheme: Scheme
+    insurer_id: Identifier
+    fiscal_year: FiscalYear
+    amount_fen: PositiveFen
+
+
 class PolicyAdopted(Envelope):
     """A policy in force from `effective_from` (China Standard Time)."""
 
@@ -338,6 +350,7 @@ UpstreamEvent = Annotated[
         | EventReversed
         | PolicyAdopted
         | RecoveryReceived
+        | CriticalIllnessPremiumPaid
     ),
     Field(discriminator="type"),
 ]
@@ -358,6 +371,7 @@ EVENT_TYPES: dict[str, type[Envelope]] = {
         EventReversed,
         PolicyAdopted,
         RecoveryReceived,
+        CriticalIllnessPremiumPaid,
     )
 }
 

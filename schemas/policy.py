@@ -34,6 +34,8 @@ class Scheme(StrEnum):
 class PayerKind(StrEnum):
     employer = "employer"
     individual = "individual"
+    #: medical assistance pays the individual contribution of aid recipients (RULES E8)
+    medical_assistance = "medical_assistance"
 
 
 class SubsidyLevel(StrEnum):

@@ -244,3 +244,53 @@ def test_recoveries_against_a_claim_never_exceed_what_it_paid() -> None:
     trial = trial_balance(ledger)
     assert trial.balances_fen["external:institutions:340100"] == 30_000 - 35_000
     assert trial.total_fen == 0
+
+
+# ----------------------------------------- E8 medical assistance, the major-illness premium
+
+
+def test_medical_assistance_pays_resident_contributions_only() -> None:
+    from tests.upstream import balance, pooling
+
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        contribution(amount_fen=35_000, payer_kind="medical_assistance"),
+        contribution(scheme="employee", amount_fen=35_000, payer_kind="medical_assistance"),
+    )
+    assert statuses(outcomes) == [ACCEPTED, ("rejected", "earmark_violation")]
+    assert balance(ledger, pooling(HEFEI)) == 35_000
+
+
+def premium(amount_fen: int, *, scheme: str = "resident", fiscal_year: int = 2025,
+            occurred_at: str = "2025-04-01T10:00:00+08:00") -> dict[str, object]:
+    from tests.upstream import event
+
+    return event("CriticalIllnessPremiumPaid", city=HEFEI, scheme=scheme, insurer_id="PICC-AH",
+                 fiscal_year=fiscal_year, amount_fen=amount_fen, occurred_at=occurred_at)
+
+
+def test_the_major_illness_premium_is_a_benefit_expenditure_within_the_budget() -> None:
+    from tests.upstream import balance, pooling, trial_balance
+
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=1_000_000), contribution(scheme="employee", amount_fen=10_000),
+         budget(1_000_000, 500_000))
+    assert statuses(feed(ledger, claim(amount_fen=300_000))) == [ACCEPTED]
+    outcomes = feed(
+        ledger,
+        premium(200_001),  # 300,000 + 200,001 > the 500,000 budgeted
+        premium(1_000, scheme="employee"),
+        premium(1_000, fiscal_year=2026),  # dated 2025
+        premium(200_000),
+        claim(amount_fen=1),  # the budget is spent: claims and premium together
+    )
+    assert statuses(outcomes) == [
+        ("rejected", "over_budget"),
+        ("rejected", "earmark_violation"),
+        ("rejected", "fiscal_year_mismatch"),
+        ACCEPTED,
+        ("rejected", "over_budget"),
+    ]
+    assert balance(ledger, pooling(HEFEI)) == 1_000_000 - 300_000 - 200_000
+    assert trial_balance(ledger).balances_fen["external:insurers:PICC-AH"] == 200_000

@@ -115,6 +115,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "EventReversed": envelope(
         "EventReversed", original_event_id=OTHER_ID, reason="duplicate upload from tax bureau"
     ),
+    "CriticalIllnessPremiumPaid": envelope(
+        "CriticalIllnessPremiumPaid",
+        city="340100",
+        scheme="resident",
+        insurer_id="PICC-AH",
+        fiscal_year=2025,
+        amount_fen=8_000_000,
+    ),
     "RecoveryReceived": envelope(
         "RecoveryReceived",
         city="340100",
@@ -162,7 +170,7 @@ def schema_error(raw: bytes) -> InvalidSchema:
 
 def test_examples_cover_every_type() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES)
-    assert len(EVENT_TYPES) == 13  # RecoveryReceived since RULES revision 2 (P4)
+    assert len(EVENT_TYPES) == 14  # RecoveryReceived (P4), CriticalIllnessPremiumPaid (E8): revision 2
 
 
 @pytest.mark.parametrize("type_", sorted(EXAMPLES))
