@@ -96,7 +96,10 @@ class ResponseCache:
     The read tables change only when the projector commits a page, which moves its position
     (`pl_tracking`) in the same transaction. A response is kept with the position it was read
     at, and served again only while the position is the same and for at most CACHE_TTL_S (the
-    answers that say "as of now" move on with the clock). The position is read per request
+    answers that say "as of now" move on with the clock). Requests asking what is being
+    answered at that moment wait for that answer instead of asking PostgreSQL again (a kept
+    answer expiring under 500 requests/s would otherwise send hundreds of the same queries at
+    once). The position is read per request
     on a connection of its own (one query, no worker thread), so a hit costs neither a pool
     connection nor FastAPI's routing, validation and serialisation.
     """
@@ -106,6 +109,8 @@ class ResponseCache:
         self.entries: OrderedDict[tuple[str, bytes], tuple[int, float, list[Any], bytes]] = OrderedDict()
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.lock = asyncio.Lock()
+        #: questions being answered now: the others asking the same wait for that answer
+        self.inflight: dict[tuple[str, bytes], asyncio.Future[None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/"):
@@ -119,12 +124,34 @@ class ResponseCache:
             await self.app(scope, receive, send)
             return
         key = (scope["path"], scope["query_string"])
-        entry = self.entries.get(key)
-        if entry is not None and entry[0] == position and time.monotonic() - entry[1] < CACHE_TTL_S:
-            self.entries.move_to_end(key)
-            await send({"type": "http.response.start", "status": 200, "headers": entry[2]})
-            await send({"type": "http.response.body", "body": entry[3]})
+        if await self._send_kept(key, position, send):
             return
+        leader = self.inflight.get(key)
+        if leader is not None:  # the same question is being answered: wait for that answer
+            await asyncio.shield(leader)
+            if await self._send_kept(key, position, send):
+                return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = done
+        try:
+            await self._answer(key, position, scope, receive, send)
+        finally:
+            if self.inflight.get(key) is done:
+                del self.inflight[key]
+            done.set_result(None)
+
+    async def _send_kept(self, key: tuple[str, bytes], position: int, send: Send) -> bool:
+        entry = self.entries.get(key)
+        if entry is None or entry[0] != position or time.monotonic() - entry[1] >= CACHE_TTL_S:
+            return False
+        self.entries.move_to_end(key)
+        await send({"type": "http.response.start", "status": 200, "headers": entry[2]})
+        await send({"type": "http.response.body", "body": entry[3]})
+        return True
+
+    async def _answer(
+        self, key: tuple[str, bytes], position: int, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         started: dict[str, Any] = {}
         body = bytearray()
 
