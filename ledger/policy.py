@@ -102,10 +102,23 @@ class PolicyTerms:
             )
 
     def check_subsidy_standard(self, event: SubsidyDisbursed) -> None:
-        """I3: with a headcount, a subsidy matches the per-capita standard of its level and year."""
+        """I3: with a headcount, a subsidy matches the per-capita standard of its level and year,
+        and comes to no more a head than the standard of all the levels it is one of."""
         if event.headcount is None:
             return
         year = fiscal_year_of(event.occurred_at)
+        for total in self.policy.subsidy_totals:
+            if total.fiscal_year == year and event.level in total.levels and total.scheme == event.scheme:
+                most_fen = event.headcount * max(total.per_capita_fen) + total.rounding_tolerance_fen
+                if event.amount_fen > most_fen:
+                    raise Rejected(
+                        Reason.policy_violation,
+                        "I3",
+                        f"{event.amount_fen} fen for {event.headcount} people is more a head than all "
+                        f"levels ({', '.join(lv.value for lv in total.levels)}) pay together in {year} "
+                        f"(at most {max(total.per_capita_fen)} fen a head: {most_fen} fen)",
+                        {"most_fen": most_fen},
+                    )
         standards = [
             s for s in self.policy.subsidy_standards
             if s.fiscal_year == year and s.level == event.level and s.scheme == event.scheme

@@ -103,6 +103,23 @@ class SubsidyStandard(BaseModel):
     note: str = ""
 
 
+class SubsidyTotalStandard(BaseModel):
+    """Per-capita fiscal subsidy of several finance levels together in one fiscal year (I3).
+
+    Tianjin's 610 / 1,100 yuan a head is what all levels pay together; no one level's payment
+    may come to more a head than the highest figure. Whether the levels together paid it in
+    full is the reconciliation view's question, not a block.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fiscal_year: int
+    levels: list[SubsidyLevel] = Field(min_length=1)
+    per_capita_fen: list[PositiveFen] = Field(min_length=1)
+    scheme: Scheme = Scheme.resident
+    rounding_tolerance_fen: NonNegativeFen = 1
+    note: str = ""
+
+
 def _default_adjustment_from() -> dict[Scheme, date]:
     return {Scheme.resident: date(2025, 1, 1), Scheme.employee: date(2026, 1, 1)}
 
@@ -128,4 +145,6 @@ class Policy(BaseModel):
     require_budget: bool = False
     risk_band: RiskBand = Field(default_factory=RiskBand)
     subsidy_standards: list[SubsidyStandard] = Field(default_factory=list)
+    #: Standards of several levels together (Tianjin's all-levels figure; Guangxi's 610 total).
+    subsidy_totals: list[SubsidyTotalStandard] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)

@@ -284,11 +284,15 @@ def test_guangxi_policy_has_no_adjustment_fund_phase() -> None:
 # ======================================================================= Tianjin 2022
 
 
-def test_tianjin_2022_file_holds_the_two_subsidy_grades() -> None:
+def test_tianjin_2022_file_holds_the_two_subsidy_grades_of_all_levels_together() -> None:
+    """RULES revision 2: 610 / 1,100 yuan a head is the standard of all finance levels together."""
     tj = load_packaged_policy("tianjin-2022")
     assert tj.province == "120000"
     assert "120101" in tj.cities and len(tj.cities) == 16
-    assert per_capita(tj, 2022, "provincial") == [TJ_LOW_FEN, TJ_HIGH_FEN]
+    (total,) = tj.subsidy_totals
+    assert (total.fiscal_year, total.per_capita_fen) == (2022, [TJ_LOW_FEN, TJ_HIGH_FEN])
+    assert {level.value for level in total.levels} == {"central", "provincial", "city", "county"}
+    assert tj.subsidy_standards == []
 
 
 @pytest.mark.parametrize("fen_a_head", [TJ_LOW_FEN, TJ_HIGH_FEN], ids=["610", "1100"])
@@ -299,19 +303,26 @@ def test_tianjin_subsidy_of_610_or_1100_yuan_a_head_is_accepted(fen_a_head: int)
     assert fund is not None and fund.balance_fen == HEADCOUNT * fen_a_head
 
 
-def test_tianjin_subsidy_of_800_yuan_a_head_is_rejected_policy_violation() -> None:
+def test_tianjin_municipal_payment_net_of_the_central_share_is_accepted_and_central_is_checked() -> None:
     ledger = ledger_with("tianjin-2022")
-    outcome = record(ledger, tianjin_subsidy(HEADCOUNT * 80_000))
+    central_fen, municipal_fen = 48_800, TJ_LOW_FEN - 48_800  # 488 + 122 yuan a head
+    outcomes = [
+        record(ledger, subsidy("120000", "120101", "central", HEADCOUNT * central_fen)),
+        record(ledger, tianjin_subsidy(HEADCOUNT * municipal_fen)),
+        record(ledger, subsidy("120000", "120101", "central", HEADCOUNT * TJ_HIGH_FEN + 1)),
+        record(ledger, subsidy("120000", "120101", "central", HEADCOUNT * TJ_HIGH_FEN + 2)),
+    ]
+    assert [status(o) for o in outcomes] == [ACCEPTED, ACCEPTED, ACCEPTED, POLICY_VIOLATION]
+    detail = outcomes[3].detail
+    assert detail is not None and str(HEADCOUNT * TJ_HIGH_FEN + 1) in detail
+
+
+def test_tianjin_subsidy_of_more_than_1100_yuan_a_head_from_one_level_is_rejected() -> None:
+    ledger = ledger_with("tianjin-2022")
+    assert status(record(ledger, tianjin_subsidy(HEADCOUNT * 80_000))) == ACCEPTED  # one level's part
+    outcome = record(ledger, tianjin_subsidy(HEADCOUNT * 110_100))
     assert status(outcome) == POLICY_VIOLATION
-    assert outcome.detail is not None
-    assert str(HEADCOUNT * TJ_LOW_FEN) in outcome.detail
-    assert str(HEADCOUNT * TJ_HIGH_FEN) in outcome.detail
-
-
-def test_tianjin_has_no_standard_for_other_levels() -> None:
-    ledger = ledger_with("tianjin-2022")
-    message = subsidy("120000", "120101", "central", HEADCOUNT * 80_000)
-    assert status(record(ledger, message)) == ACCEPTED
+    assert outcome.detail is not None and str(TJ_HIGH_FEN) in outcome.detail
 
 
 # ============================================================================= Anhui
