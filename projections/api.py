@@ -372,6 +372,19 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         body = queries.budgets(conn, year)
         return _table(body, [_flat_budget(r) for r in body["rows"]], format)
 
+    @app.get("/v1/out-of-city", dependencies=v1, tags=["balances"])
+    def out_of_city(conn: Conn, year: Year, format: Format = "json") -> Any:
+        """Treatment in another city (RULES E7): what each city's funds paid the institutions of
+        other cities in a fiscal year, per scheme, net of reversals."""
+        body = queries.out_of_city(conn, year)
+        return _table(body, body["rows"], format)
+
+    @app.get("/v1/recoveries", dependencies=v1, tags=["balances"])
+    def recoveries(conn: Conn, year: Year, format: Format = "json") -> Any:
+        """Money recovered from institutions (RULES P4) per city, scheme and reason in a fiscal year."""
+        body = queries.recoveries(conn, year)
+        return _table(body, body["rows"], format)
+
     @app.get("/v1/budgets/{city}/{scheme}/{year}", dependencies=v1, tags=["budgets"])
     def one_budget(city: Text, scheme: Scheme, year: YearPath, conn: Conn, format: Format = "json") -> Any:
         """Budget against actual and the execution percentage (claims paid / budgeted expenditure)."""

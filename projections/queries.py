@@ -509,3 +509,41 @@ def metrics_text(conn: Conn) -> str:
     ).fetchall():
         rejected.labels(reason).set(int(count))
     return generate_latest(registry).decode()
+
+
+def out_of_city(conn: Conn, year: int) -> dict[str, Any]:
+    """E7: what each city's funds paid for treatment in another city, per scheme (net of
+    reversals): the insured city x treatment city matrix of a fiscal year."""
+    rows = conn.execute(
+        "SELECT split_part(account, ':', 2), split_part(account, ':', 3),"
+        " split_part(counter_account, ':', 3), -sum(amount_fen), count(*) FROM pl_postings"
+        " WHERE fiscal_year = %s AND account LIKE 'city:%%:pooling'"
+        " AND counter_account LIKE 'external:institutions:%%' AND category LIKE 'claim.%%'"
+        " AND split_part(counter_account, ':', 3) <> split_part(account, ':', 2)"
+        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        (year,),
+    ).fetchall()
+    return {
+        "fiscal_year": year,
+        "rows": [
+            {"insured_city": insured, "scheme": scheme, "treatment_city": treated,
+             "amount_fen": int(fen), "postings": int(n)}
+            for insured, scheme, treated, fen, n in rows
+        ],
+    }
+
+
+def recoveries(conn: Conn, year: int) -> dict[str, Any]:
+    """P4: money recovered from institutions, per city, scheme and reason, in a fiscal year."""
+    rows = conn.execute(
+        "SELECT account, category, sum(amount_fen), sum(postings) FROM pl_account_year_totals"
+        " WHERE fiscal_year = %s AND account LIKE 'city:%%:pooling' AND category LIKE 'recovery.%%'"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
+        (year,),
+    ).fetchall()
+    out = []
+    for account, category, fen, n in rows:
+        name = accounts.AccountName.parse(account)
+        out.append({"city": name.city, "scheme": name.scheme, "reason": category.removeprefix("recovery."),
+                    "amount_fen": int(fen), "postings": int(n)})
+    return {"fiscal_year": year, "rows": out}

@@ -490,3 +490,42 @@ def test_a_repeated_request_answers_with_what_the_projector_applied_since(served
         assert refused.status_code == 401
     kept = served.client.get(path, params={"scheme": "resident"}, headers=AUTH)
     assert kept.headers["x-content-type-options"] == "nosniff"  # security headers on a kept answer
+
+
+def test_out_of_city_treatment_and_recoveries_are_read_as_the_test_sent_them(served: Served) -> None:
+    """RULES revision 2 views: E7's insured x treatment city matrix, P4's recoveries by reason."""
+    from tests import upstream
+    from tests.test_projections import claim, reversal
+
+    at = "2026-03-05T10:00:00+08:00"
+    in_wuhu = {**claim("340100", "resident", 7_000, at), "institution_city": "340200"}
+    in_wuhu_reversed = {**claim("340100", "resident", 500, at), "institution_city": "340200"}
+    in_bengbu = {**claim("340100", "employee", 3_000, at), "institution_city": "340300"}
+    from_hefei = {**claim("340200", "resident", 2_000, at), "institution_city": "340100"}
+    at_home = claim("340100", "resident", 9_000, at)
+    recovered = [
+        upstream.event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1",
+                       reason="fraud", amount_fen=1_200, claim_event_id=at_home["event_id"],
+                       occurred_at="2026-03-06T10:00:00+08:00"),
+        upstream.event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1",
+                       reason="overpayment", amount_fen=300, occurred_at="2026-03-06T10:00:00+08:00"),
+        upstream.event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1",
+                       reason="fraud", amount_fen=100, occurred_at="2026-03-06T10:00:00+08:00"),
+    ]
+    sent = [in_wuhu, in_wuhu_reversed, in_bengbu, from_hefei, at_home, *recovered,
+            reversal(in_wuhu_reversed, "2026-03-07T10:00:00+08:00")]
+    outcomes = served.feed.send(sent)
+    assert [o.status for o in outcomes] == ["accepted"] * len(sent)
+    project(served.database_url, served.ledger)
+
+    matrix = served.get("/v1/out-of-city", year=2026)["rows"]
+    assert matrix == [
+        {"insured_city": "340100", "scheme": "employee", "treatment_city": "340300", "amount_fen": 3_000, "postings": 1},
+        {"insured_city": "340100", "scheme": "resident", "treatment_city": "340200", "amount_fen": 7_000, "postings": 3},
+        {"insured_city": "340200", "scheme": "resident", "treatment_city": "340100", "amount_fen": 2_000, "postings": 1},
+    ]
+    assert served.get("/v1/recoveries", year=2026)["rows"] == [
+        {"city": "340100", "scheme": "resident", "reason": "fraud", "amount_fen": 1_300, "postings": 2},
+        {"city": "340100", "scheme": "resident", "reason": "overpayment", "amount_fen": 300, "postings": 1},
+    ]
+    assert served.get("/v1/out-of-city", year=2025)["rows"] == []
