@@ -89,3 +89,47 @@ def test_replay_finds_a_stored_input_that_no_longer_gives_its_recorded_decision(
     code, result = run_replay(database_url)
     assert code == 1
     assert any("recorded transfer" in d for d in result["differences"]), result
+
+
+def test_replay_and_verify_pass_on_a_history_of_every_event_type(database_url: str) -> None:
+    """RULES revision 2 included: every one of the 14 event types, accepted and refused."""
+    from schemas.events import EVENT_TYPES
+    from tests.test_verify import book, run_verify
+    from tests.upstream import allocation, budget, claim, close, interest, subsidy
+
+    province_opening = opening(None, balance_fen=0)
+    paid = claim(amount_fen=40_000, occurred_at="2025-03-02T10:00:00+08:00")
+    history = [
+        province_opening,
+        opening("340100", balance_fen=5_000_000, previous_year_income_fen=20_000_000),
+        budget(30_000_000, 20_000_000),
+        contribution(amount_fen=2_000_000, occurred_at="2025-03-01T10:00:00+08:00"),
+        contribution(amount_fen=35_000, payer_kind="medical_assistance", occurred_at="2025-03-01T11:00:00+08:00"),
+        subsidy(amount_fen=900_000, occurred_at="2025-03-01T12:00:00+08:00"),
+        interest(amount_fen=1_234, city="340100", occurred_at="2025-03-01T13:00:00+08:00"),
+        paid,
+        {**claim(amount_fen=6_000, occurred_at="2025-03-02T11:00:00+08:00"), "institution_city": "340200"},
+        event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1", reason="fraud",
+              claim_event_id=paid["event_id"], amount_fen=40_001, occurred_at="2025-03-03T10:00:00+08:00"),
+        event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1", reason="fraud",
+              claim_event_id=paid["event_id"], amount_fen=40_000, occurred_at="2025-03-03T10:00:00+08:00"),
+        event("CriticalIllnessPremiumPaid", city="340100", scheme="resident", insurer_id="PICC-AH",
+              fiscal_year=2025, amount_fen=300_000, occurred_at="2025-03-04T10:00:00+08:00"),
+        budget(30_000_000, 25_000_000, type_="BudgetAdjusted", occurred_at="2025-03-05T10:00:00+08:00"),
+        extraction(100_000, occurred_at="2025-03-06T10:00:00+08:00"),
+        allocation(50_000, 10_000, occurred_at="2025-10-01T10:00:00+08:00"),
+        reversal(paid, occurred_at="2025-10-02T10:00:00+08:00"),
+        close("340100", 2025, occurred_at="2025-12-31T10:00:00+08:00"),  # period_not_ended
+        close("340100", 2025, occurred_at="2026-01-05T10:00:00+08:00"),
+        event("PolicyAdopted", occurred_at="2026-01-06T10:00:00+08:00",
+              policy=load_packaged_policy().model_dump(mode="json"), effective_from="2026-02-01"),
+    ]
+    assert {m["type"] for m in history} == set(EVENT_TYPES)
+    book(database_url, *history)
+
+    code, replayed = run_replay(database_url)
+    assert code == 0, replayed
+    assert replayed["ok"] is True and replayed["decisions"] == len(history)
+    code, verified = run_verify(database_url)
+    assert code == 0, verified
+    assert verified["ok"] is True
