@@ -253,12 +253,13 @@ class Fund(Aggregate):
                 {"open_fiscal_year": previous},
             )
 
-    def check_no_booking_on_or_after(self, effective_from: date) -> None:
-        """M2: a policy arriving late must not take effect where this fund already booked movements."""
+    def check_not_retroactive(self, effective_from: date) -> None:
+        """I4: a policy never takes effect on or before the business day of a movement this fund
+        already booked: history is not re-decided under new parameters."""
         if self.last_business_day is not None and date.fromisoformat(self.last_business_day) >= effective_from:
             raise Rejected(
-                Reason.policy_violation,
-                "M2",
+                Reason.policy_retroactive,
+                "I4",
                 f"{self.account} has movements booked on {self.last_business_day}, on or "
                 f"after effective_from {effective_from}: a policy cannot change decisions "
                 "already taken",

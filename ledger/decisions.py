@@ -198,7 +198,7 @@ def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
     policy_book.check_adopted_for_its_province(e.policy, e.province)
     policy_book.check_takes_effect_after_adoption(e.effective_from, business_date_of(e.occurred_at))
     for fund in opened_funds(terms, state):
-        fund.check_no_booking_on_or_after(e.effective_from)
+        fund.check_not_retroactive(e.effective_from)
     policy_book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
 
 

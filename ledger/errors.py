@@ -36,6 +36,7 @@ class Reason(StrEnum):
     no_approved_budget = "no_approved_budget"
     budget_below_actual = "budget_below_actual"
     recovery_exceeds_claim = "recovery_exceeds_claim"
+    policy_retroactive = "policy_retroactive"
     #: A booking would take a fund's balance, or a year's total of one category, above MAX_FEN.
     amount_out_of_range = "amount_out_of_range"
     #: Above POOLING_MESSAGE_SIZE_MAX bytes: refused unparsed, only an excerpt and the sha256 kept.

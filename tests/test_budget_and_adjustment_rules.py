@@ -1327,7 +1327,7 @@ def test_a_policy_arriving_after_movements_dated_on_or_after_its_effective_day_i
     feed(ledger, contribution(WUHU, amount_fen=1_000, occurred_at="2025-08-15T10:00:00+08:00"))
     late = adopt(anhui(extraction_rate_bp=300), "2025-07-01", occurred_at="2025-05-20T10:00:00+08:00")
     outcome = one(ledger, late)
-    assert (outcome.status, outcome.reason) == ("rejected", "policy_violation")
+    assert (outcome.status, outcome.reason) == ("rejected", "policy_retroactive")  # RULES rev 2, I4
     assert outcome.detail is not None and "2025-08-15" in outcome.detail
     book = ledger.policy_book()
     assert book is not None and len(book.timeline) == 1

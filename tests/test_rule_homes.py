@@ -15,7 +15,7 @@ LEDGER = Path(__file__).resolve().parents[1] / "ledger"
 #: are definitions: collected income, and a transfer's one debit and one credit).
 CHECKED_RULES = {
     "E1", "E3", "E5", "B1", "B2", "B3", "X1", "X2", "X4", "X5", "P1", "P2", "P3", "I1", "I2", "I3", "M1", "M2",
-    "B5", "E8", "P4",  # revision 2
+    "B5", "E8", "P4", "I4",  # revision 2
 }
 RULE_ID = re.compile(r"^([EBXPIM][0-9])\b")
 
