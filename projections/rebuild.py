@@ -25,22 +25,11 @@ import structlog
 from eventsourcing.utils import get_topic
 from psycopg import sql
 
-from ledger.aggregates import Fund, PolicyBook, Receipt
+from ledger.aggregates import Receipt
 from ledger.application import Ledger
 
 log = structlog.get_logger("projections")
 
-#: The notifications the page logic handles during a rebuild (everything but accepted fates).
-OTHER_TOPICS = tuple(
-    get_topic(cls)
-    for cls in (
-        Receipt.Rejected,
-        Receipt.ConflictingDeliveryRejected,
-        Fund.BudgetSet,
-        Fund.YearClosed,
-        PolicyBook.PolicyAdopted,
-    )
-)
 PAGE_SIZE = 10_000
 
 # The accepted fates, parsed once: the columns the tables need.
@@ -118,7 +107,10 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
     Returns how many notifications it applied, or None if the projection is not at zero (or
     the store cannot be rebuilt this way: then nothing changed and paging goes on).
     """
-    from projections.projector import _STAGING_DDL, _first_fates, _Page
+    from projections.projector import _STAGING_DDL, TOPICS, _first_fates, _Page
+
+    # the few notifications the page logic handles: every projected kind but accepted fates
+    others_topics = tuple(t for t in TOPICS if t != get_topic(Receipt.Accepted))
 
     events = sql.Identifier(ledger.recorder.events_table_name)  # type: ignore[attr-defined]
     try:
@@ -144,7 +136,7 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
                     subcategory=sql.SQL(_ORIGINAL_SUBCATEGORY), which=sql.SQL("a.t->>'reversal_of' IS NOT NULL")))
                 cur.execute(_TOTALS)
                 page, others = _Page(), 0
-                for notification in _notifications(ledger, upto):
+                for notification in ledger.stored_notifications(others_topics, PAGE_SIZE, stop=upto):
                     page.add(notification.id, ledger.mapper.to_domain_event(notification))
                     others += 1
                 cur.execute(_STAGING_DDL)
@@ -161,12 +153,3 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
     log.info("projection_rebuilt", notifications=accepted + others, up_to_notification_id=upto)
     return accepted + others
 
-
-def _notifications(ledger: Ledger, upto: int) -> Any:
-    start = 1
-    while True:
-        page = ledger.recorder.select_notifications(start, PAGE_SIZE, stop=upto, topics=OTHER_TOPICS)
-        if not page:
-            return
-        yield from page
-        start = page[-1].id + 1
