@@ -90,6 +90,12 @@ def csp_for(html: str) -> str:
     return CSP_PAGE.format(hashes=hashes)
 
 
+def bearer_token_matches(header: str, api_token: str) -> bool:
+    """Whether an `Authorization` header carries `Bearer <api_token>` (compared in constant time)."""
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_token.encode())
+
+
 class ResponseCache:
     """Answers a repeated authorised `GET /v1/...` from memory while the read tables are unchanged.
 
@@ -105,7 +111,7 @@ class ResponseCache:
     """
 
     def __init__(self, app: ASGIApp, reader_url: str, api_token: str) -> None:
-        self.app, self.reader_url, self.api_token = app, reader_url, api_token.encode()
+        self.app, self.reader_url, self.api_token = app, reader_url, api_token
         self.entries: OrderedDict[tuple[str, bytes], tuple[int, float, list[Any], bytes]] = OrderedDict()
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.lock = asyncio.Lock()
@@ -168,9 +174,8 @@ class ResponseCache:
 
     def _authorised(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                kind, _, token = bytes(value).partition(b" ")
-                return kind.lower() == b"bearer" and hmac.compare_digest(token, self.api_token)
+            if name == b"authorization":  # read as Starlette reads it for the app's own check
+                return bearer_token_matches(bytes(value).decode("latin-1"), self.api_token)
         return False
 
     async def _position(self) -> int | None:
@@ -296,9 +301,7 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     app.mount(STATIC_PATH, StaticFiles(packages=[("projections", "static")]), name="static")
 
     def authorised(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_token.encode()):
+        if not bearer_token_matches(request.headers.get("authorization", ""), api_token):
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
     app.state.pool = pool
