@@ -24,7 +24,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, AggregateEvent
-from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Recording
+from eventsourcing.persistence import Notification, PersistenceError, Recording
 
 from ledger import accounts, decisions
 from ledger.aggregates import (
@@ -210,31 +210,26 @@ class Ledger(Application[UUID]):
             work = _WorkingSet(self, self._stored_receipts(receipt_ids))
             try:
                 outcomes = self._record_all(batch, receipt_ids, failed, work, encode_each)
-            except _DecisionFailed as failure:
-                failed[failure.index] = failure.text
-                self._forget_cached_aggregates()  # the failed decision may have changed them
+            except BaseException as error:
+                self._forget_cached_aggregates()  # the decisions may have changed them
+                if not isinstance(error, _DecisionFailed):
+                    raise
+                failed[error.index] = error.text
                 continue
-            except BaseException:
-                self._forget_cached_aggregates()
-                raise
             try:
                 self.save(*work.aggregates.values(), **save_kwargs)
-            except IntegrityError:
-                self._forget_cached_aggregates()  # another writer moved them on
-                raise
-            except PersistenceError:
-                self._forget_cached_aggregates()  # changed in memory, not saved
-                raise
-            except Exception as error:
+            except BaseException as error:
+                # Changed in memory, not saved: another writer moved them on (IntegrityError),
+                # the database is away, or an event could not be encoded.
                 self._forget_cached_aggregates()
-                if encode_each:
-                    raise  # not the events of any one message: not for a rejection to hide
+                if isinstance(error, PersistenceError) or not isinstance(error, Exception) or encode_each:
+                    raise  # the caller retries; or not the events of any one message
                 log.error("batch_save_failed", error=error_text(error), size=len(batch),
                           action="deciding the batch again, encoding each message's events")
                 encode_each = True
                 continue
             for aggregate in work.aggregates.values():
-                if type(aggregate) is Fund or type(aggregate) is PolicyBook:
+                if _kept_in_memory(aggregate):
                     self._hot[aggregate.id] = aggregate
             return outcomes
 
@@ -246,7 +241,7 @@ class Ledger(Application[UUID]):
                 found = self.repository.get(id)
             except AggregateNotFoundError:
                 return None
-            if type(found) is Fund or type(found) is PolicyBook:
+            if _kept_in_memory(found):
                 if len(self._hot) >= HOT_AGGREGATES_MAX:
                     self._hot.clear()
                 self._hot[id] = found
@@ -557,6 +552,11 @@ class _Fate:
 _TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))
 #: Fields whose values repeat across transfers (account names, categories): kept once each.
 _SHARED_FIELDS = frozenset({"kind", "debit_account", "credit_account", "category"})
+
+
+def _kept_in_memory(aggregate: Aggregate) -> bool:
+    """The funds and the policy book stay in memory between batches; receipts do not."""
+    return type(aggregate) is Fund or type(aggregate) is PolicyBook
 
 
 class _DecisionFailed(Exception):
