@@ -295,7 +295,6 @@ def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str
         "POSTGRES_PASSWORD": str(parts.get("password") or ""),
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "4",
-        "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
         "CREATE_TABLE": "y" if create_tables else "n",
         **FAST_MAPPING_ENV,
     }
