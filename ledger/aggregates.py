@@ -438,10 +438,13 @@ class Fund(Aggregate):
 
     def delta_fen(self, leg: Leg) -> int:
         """How much `leg` changes this fund's balance: credits add, debits take away."""
-        if leg.credit_account == self.account:
-            return leg.amount_fen
-        assert leg.debit_account == self.account, (leg, self.account)
-        return -leg.amount_fen
+        return self.signed_fen(leg.debit_account, leg.credit_account, leg.amount_fen)
+
+    def signed_fen(self, debit_account: str, credit_account: str, amount_fen: int) -> int:
+        if credit_account == self.account:
+            return amount_fen
+        assert debit_account == self.account, (debit_account, credit_account, self.account)
+        return -amount_fen
 
     def total_fen(self, fiscal_year: int, *categories: str) -> int:
         year = self.totals_fen.get(fiscal_year, {})
@@ -567,11 +570,7 @@ class Fund(Aggregate):
 def _apply_leg(fund: Fund, leg: dict[str, Any]) -> None:
     """How one leg (`Transfer.as_booking`'s fields) changes the fund it is booked on."""
     amount_fen: int = leg["amount_fen"]
-    if leg["credit_account"] == fund.account:
-        delta = amount_fen
-    else:
-        assert leg["debit_account"] == fund.account, (leg, fund.account)
-        delta = -amount_fen
+    delta = fund.signed_fen(leg["debit_account"], leg["credit_account"], amount_fen)
     fund.balance_fen += delta
     fund.booking_count += 1
     fiscal_year: int = leg["fiscal_year"]
