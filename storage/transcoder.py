@@ -10,12 +10,13 @@ either. What orjson would write differently is left to eventsourcing's own trans
   a snapshot, which holds the aggregate's id, goes the long way.
 
 Reading, orjson parses and the tagged values at the top level (an event's `timestamp`) are
-turned back into objects; a text with tagged values deeper than that is read by
-eventsourcing's transcoder.
+turned back into objects; a text with tagged values deeper than that, or with a run of 19
+digits (an integer orjson would turn into a float), is read by eventsourcing's transcoder.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,8 @@ from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 _TAG = b'"_type_"'
+#: 19 digits in a row: maybe an integer orjson cannot hold (it makes such a one a float).
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 class FastTranscoder(JSONTranscoder):
@@ -39,6 +42,8 @@ class FastTranscoder(JSONTranscoder):
             return self.encode(obj)
 
     def decode(self, data: bytes) -> Any:
+        if _LONG_NUMBER.search(data):
+            return super().decode(data)  # orjson would read an integer past 64 bits as a float
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:

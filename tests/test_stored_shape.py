@@ -51,3 +51,30 @@ def test_a_fund_stored_leg_by_leg_then_batch_by_batch_reads_and_folds_as_one() -
         PAYERS: -(10_000 + 2_500 + 700), CITY: 10_000 + 2_500 + 700 - 1_200, INSTITUTIONS: 1_200
     }
     assert trial.total_fen == 0
+
+
+def test_events_written_by_orjson_read_as_eventsourcing_writes_them_and_back() -> None:
+    """storage.transcoder: the bytes eventsourcing's JSON transcoder reads, either way round."""
+    from datetime import UTC, datetime
+    from uuid import UUID
+
+    from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, UUIDAsHex
+
+    from storage.transcoder import FastTranscoder
+
+    def registered(transcoder: JSONTranscoder) -> JSONTranscoder:
+        transcoder.register(UUIDAsHex())
+        transcoder.register(DatetimeAsISO())
+        return transcoder
+
+    fast, plain = registered(FastTranscoder()), registered(JSONTranscoder())
+    at = datetime(2025, 3, 1, 2, 0, tzinfo=UTC)
+    state = {"timestamp": at, "payload": {"amount_fen": 10**15, "city": "340100", "ok": True, "x": None},
+             "legs": [{"amount_fen": 1, "fiscal_year": 2025}], "source": None}
+    assert plain.decode(fast.encode_plain(state)) == state
+    assert fast.decode(plain.encode(state)) == state
+    deeper = {"timestamp": at, "state": {"_id": UUID(int=7), "opened": at}}  # tagged below the top
+    assert fast.decode(plain.encode(deeper)) == deeper
+    huge = {"timestamp": at, "payload": {"amount_fen": 10**30}}  # past 64 bits: the long way
+    assert plain.decode(fast.encode_plain(huge)) == huge
+    assert fast.decode(plain.encode(huge)) == huge
