@@ -7,15 +7,15 @@ Each command checks its rule in a `check_*` method named after RULES.md and rais
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, AggregateCreated, AggregateEvent
 from eventsourcing.domain import Snapshot as AggregateSnapshot
 
-from ledger import accounts, formulas
-from ledger.clock import business_date_of
+from ledger import accounts, daybook, formulas
+from ledger.clock import CHINA_STANDARD_TIME
 from ledger.errors import Reason, Rejected
 from ledger.policy import PolicyTimeline
 from schemas.policy import MAX_FEN, Policy
@@ -80,6 +80,8 @@ class Fund(Aggregate):
         self.closed_years: dict[int, int] = {}
         # the latest business day (CST, ISO) a movement of this fund happened on
         self.last_business_day: str | None = None
+        # E1 in business time: the balance day by day (`ledger.daybook`; open years only)
+        self.days: daybook.DayBook = {}
         # P3: the opening was reversed, so a corrected one may be recorded
         self.opening_reversed = False
         # legs booked (and applied) but not yet in an event (`book`)
@@ -174,15 +176,25 @@ class Fund(Aggregate):
 
     # -- rule checks ------------------------------------------------------
 
-    def check_stays_non_negative(self, delta_fen: int) -> None:
-        """E1: a fund never goes negative."""
-        if self.balance_fen + delta_fen < 0:
+    def check_stays_non_negative(self, delta_fen: int, occurred_at: str) -> None:
+        """E1: a fund never goes negative, at any business instant.
+
+        A debit dated before the fund's latest movement is checked against the lowest
+        balance the fund has from its instant on (`ledger.daybook`), so a balance read
+        `as_of` any instant stays >= 0 whatever order the events arrive in.
+        """
+        if delta_fen >= 0:
+            return
+        day, at = daybook.day_and_instant(occurred_at)
+        available = daybook.lowest_from(self.days, self.balance_fen, day, at)
+        if available + delta_fen < 0:
+            later = "" if available == self.balance_fen else f" at its lowest from {occurred_at} on"
             raise Rejected(
                 Reason.insufficient_funds,
                 "E1",
-                f"{self.account} holds {self.balance_fen} fen; "
-                f"{-delta_fen} fen would take it to {self.balance_fen + delta_fen}",
-                {"balance_fen": self.balance_fen, "requested_fen": -delta_fen},
+                f"{self.account} holds {available} fen{later}; "
+                f"{-delta_fen} fen would take it to {available + delta_fen}",
+                {"balance_fen": available, "requested_fen": -delta_fen},
             )
 
     def check_stays_within_bound(self, transfer: Transfer) -> None:
@@ -496,10 +508,18 @@ class Fund(Aggregate):
     class Snapshot(AggregateSnapshot):
         """A fund's state, stored as JSON: fiscal years come back as int keys."""
 
+        @classmethod
+        def take(cls, aggregate: Any) -> Any:
+            snapshot = super().take(aggregate)
+            snapshot.state["days"] = daybook.to_plain(snapshot.state["days"])
+            return snapshot
+
         def mutate(self, aggregate: Any) -> Any:
             fund = cast(Fund, super().mutate(aggregate))
             for name in YEAR_KEYED_STATE:
                 setattr(fund, name, {int(year): value for year, value in getattr(fund, name).items()})
+            plain = vars(fund).get("days")
+            fund.days = daybook.from_plain(plain) if plain is not None else _days_before_revision_2(fund)
             return fund
 
     class TransferBooked(AggregateEvent):
@@ -564,7 +584,9 @@ class Fund(Aggregate):
         close_event_id: str
 
         def apply(self, aggregate: Aggregate) -> None:
-            cast(Fund, aggregate).closed_years[self.fiscal_year] = self.income_fen
+            fund = cast(Fund, aggregate)
+            fund.closed_years[self.fiscal_year] = self.income_fen
+            daybook.drop_year(fund.days, self.fiscal_year)
 
 
 def _apply_leg(fund: Fund, leg: dict[str, Any]) -> None:
@@ -579,11 +601,27 @@ def _apply_leg(fund: Fund, leg: dict[str, Any]) -> None:
     year[category] = year.get(category, 0) + (-amount_fen if leg["reversal_of"] else amount_fen)
     if category != OPENING_CATEGORY:
         fund.year_net_fen[fiscal_year] = fund.year_net_fen.get(fiscal_year, 0) + delta
-    day = business_date_of(datetime.fromisoformat(leg["occurred_at"])).isoformat()
+    day, at = daybook.day_and_instant(leg["occurred_at"])
+    daybook.record(fund.days, day, at, delta)
     fund.last_business_day = max(day, fund.last_business_day or day)
     if category == OPENING_CATEGORY and leg["reversal_of"]:  # P3: no longer in force
         fund.opening = None
         fund.opening_reversed = True
+
+
+def _days_before_revision_2(fund: Fund) -> daybook.DayBook:
+    """A snapshot taken before the day book: its whole balance as of the end of its latest day.
+
+    Sound, not exact: a debit dated before that is checked as if the fund held nothing until
+    then, so it may be refused, never wrongly accepted.
+    """
+    if fund.last_business_day is None:
+        return {}
+    end = datetime.combine(date.fromisoformat(fund.last_business_day), time.max, CHINA_STANDARD_TIME)
+    day, at = daybook.day_and_instant(end.isoformat())
+    days: daybook.DayBook = {}
+    daybook.record(days, day, at, fund.balance_fen)
+    return days
 
 
 def receipt_id(event_id: str) -> UUID:

@@ -63,7 +63,7 @@ def book(transfer: Transfer, state: State, *, period_checked: Fund | None = None
     for fund in funds:
         if fund is not period_checked:
             fund.check_period_open(transfer.fiscal_year)
-        fund.check_stays_non_negative(fund.delta_fen(transfer))
+        fund.check_stays_non_negative(fund.delta_fen(transfer), transfer.occurred_at)
         fund.check_stays_within_bound(transfer)
     for fund in funds:
         fund.book(transfer)

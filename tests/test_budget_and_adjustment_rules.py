@@ -19,6 +19,7 @@ import pytest
 
 from ledger.aggregates import Fund
 from ledger.application import Ledger, Outcome
+from ledger.movements import Transfer
 from ledger.policy import load_packaged_policy
 from schemas.policy import Policy
 from tests.upstream import (
@@ -159,15 +160,39 @@ def test_rejected_budget_adjustment_leaves_the_approved_budget_in_force() -> Non
 
 
 def negative_start_of_2025(contributed_2025: int, late_claim_2024: int) -> Ledger:
-    """A fund whose balance at the start of 2025 is negative: 2025 money paid a 2024 claim."""
+    """A fund whose balance at the start of 2025 is negative: 2025 money paid a 2024 claim.
+
+    Since RULES revision 2 (E1 in business time) no history decided by the ledger can hold
+    this: the late claim is refused (`test_a_late_claim_can_no_longer_make_a_year_start_negative`).
+    A store decided under revision 1 can, so the two legs are booked here straight on the
+    fund, as that ledger booked them, and B2 still guards the budgets of such a fund.
+    """
+    ledger = new_ledger()
+    hefei = Fund.open(pooling())
+    hefei.book(Transfer(
+        event_id="c2025", kind="ContributionReceived", debit_account="external:contributors:340100:resident:individual",
+        credit_account=pooling(), amount_fen=contributed_2025, category="contribution.individual",
+        fiscal_year=2025, occurred_at="2025-01-05T10:00:00+08:00",
+    ))
+    hefei.book(Transfer(
+        event_id="c2024", kind="ClaimPaid", debit_account=pooling(), credit_account="external:institutions:340100",
+        amount_fen=late_claim_2024, category="claim.inpatient", fiscal_year=2024,
+        occurred_at="2024-12-20T10:00:00+08:00",
+    ))
+    ledger.save(hefei)
+    return ledger
+
+
+def test_a_late_claim_can_no_longer_make_a_year_start_negative() -> None:
+    """E1 in business time: nothing was in the fund on 20 December, so the late claim is refused."""
     ledger = new_ledger()
     outcomes = feed(
         ledger,
-        contribution(amount_fen=contributed_2025, occurred_at="2025-01-05T10:00:00+08:00"),
-        claim(amount_fen=late_claim_2024, occurred_at="2024-12-20T10:00:00+08:00"),
+        contribution(amount_fen=100_000, occurred_at="2025-01-05T10:00:00+08:00"),
+        claim(amount_fen=80_000, occurred_at="2024-12-20T10:00:00+08:00"),
     )
-    assert statuses(outcomes) == [ACCEPTED, ACCEPTED]
-    return ledger
+    assert statuses(outcomes) == [ACCEPTED, ("rejected", "insufficient_funds")]
+    assert fund(ledger, pooling()).balance_at_start_of(2025) == 0
 
 
 @pytest.mark.parametrize("type_", ["BudgetApproved", "BudgetAdjusted"])
@@ -207,28 +232,29 @@ def test_budget_bringing_the_cumulative_balance_exactly_to_zero_is_accepted() ->
 
 
 def test_budget_of_the_next_year_starts_from_the_balance_carried_forward() -> None:
-    """The 2026 start balance is everything booked up to the end of 2025, opening included."""
+    """The 2026 start balance is everything booked up to the end of 2025, opening included,
+    late 2025 claims too (paid from what the fund held on their own day, E1)."""
     ledger = new_ledger()
-    feed(
+    outcomes = feed(
         ledger,
         opening(HEFEI, balance_fen=30_000),
         contribution(amount_fen=20_000, occurred_at="2025-06-01T10:00:00+08:00"),
         claim(amount_fen=45_000, occurred_at="2025-07-01T10:00:00+08:00"),
         claim(amount_fen=5_000, occurred_at="2026-01-05T10:00:00+08:00"),
-        # a 2025 claim arriving late, paid from what is left
         contribution(amount_fen=9_000, occurred_at="2026-01-06T10:00:00+08:00"),
-        claim(amount_fen=9_000, occurred_at="2025-12-30T10:00:00+08:00"),
+        # a 2025 claim arriving late: 5,000 fen held from 1 July on, then 0 from 5 January
+        claim(amount_fen=1, occurred_at="2025-12-30T10:00:00+08:00"),
+        claim(amount_fen=3_000, occurred_at="2025-12-30T10:00:00+08:00"),
     )
-    start_of_2026 = 30_000 + 20_000 - 45_000 - 9_000
-    assert start_of_2026 == -4_000
+    assert statuses(outcomes)[-2:] == [("rejected", "insufficient_funds"), ("rejected", "insufficient_funds")]
+    assert fund(ledger, pooling()).balance_at_start_of(2026) == 30_000 + 20_000 - 45_000
 
     outcomes = feed(
         ledger,
-        budget(10_000, 6_001, fiscal_year=2026, occurred_at="2026-01-10T10:00:00+08:00"),
-        budget(10_000, 6_000, fiscal_year=2026, occurred_at="2026-01-10T10:00:00+08:00"),
+        claim(amount_fen=5_000, occurred_at="2025-12-30T10:00:00+08:00"),  # the lowest later balance, but
+        budget(1_000, 1_000, fiscal_year=2026, occurred_at="2026-01-10T10:00:00+08:00"),
     )
-
-    assert statuses(outcomes) == [("rejected", "cumulative_deficit_budget"), ACCEPTED]
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED]  # 0 fen from 5 January on
 
 
 # =================================================== B3 claims within the approved budget

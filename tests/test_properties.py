@@ -3,8 +3,9 @@
 Hypothesis generates contributions, subsidies (both schemes), claims (some larger than
 the fund), interest (city and province funds), opening balances (some repeated or
 late) and exact re-deliveries over 3 Anhui cities x 2 schemes, split into random
-batches. After every batch the trial balance must sum to zero (M3), no fund may be
-negative (E1), and a small reference model must predict every outcome and balance.
+batches, arriving in any order of business time. After every batch the trial balance must
+sum to zero (M3), no fund may be negative as of any event's instant (E1 in business time),
+and a small reference model must predict every outcome and balance.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import accounts
+from ledger import accounts, audit
 from ledger.movements import Transfer
 from tests.upstream import (
     claim,
@@ -118,13 +119,32 @@ def message(op: Op, n: int) -> dict[str, Any]:
     return opening(op.city, op.scheme, op.amount_fen, fiscal_year=fiscal_year(op.occurred_at), **envelope)
 
 
+def instant(occurred_at: str) -> datetime:
+    return datetime.fromisoformat(occurred_at)
+
+
 class Model:
-    """The reference: balance per fund and whether the fund has had its first movement."""
+    """The reference: each fund's accepted movements in business time, and the fates.
+
+    E1 in business time, as RULES revision 2 words it: a claim at instant t is paid only if
+    the balance read `as_of` t, and as of every later movement's instant, covers it.
+    """
 
     def __init__(self) -> None:
-        self.balances: dict[str, int] = defaultdict(int)
+        self.movements: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
         self.touched: set[str] = set()  # funds with an accepted movement (opening included)
         self.fates: dict[str, tuple[str, str | None]] = {}
+
+    def balance_as_of(self, fund: str, at: datetime | None = None) -> int:
+        return sum(delta for when, delta in self.movements[fund] if at is None or when <= at)
+
+    @property
+    def balances(self) -> dict[str, int]:
+        return {fund: self.balance_as_of(fund) for fund in FUNDS}
+
+    def lowest_from(self, fund: str, at: datetime) -> int:
+        later = [when for when, _ in self.movements[fund] if when > at]
+        return min(self.balance_as_of(fund, when) for when in [at, *later])
 
     def decide(self, op: Op, event_id: str) -> tuple[str, str | None]:
         if event_id in self.fates:
@@ -133,12 +153,13 @@ class Model:
         fate: tuple[str, str | None] = ("accepted", None)
         if op.kind == "subsidy" and op.scheme != "resident":
             fate = ("rejected", "earmark_violation")
-        elif op.kind == "claim" and self.balances[fund] < op.amount_fen:
+        elif op.kind == "claim" and self.lowest_from(fund, instant(op.occurred_at)) < op.amount_fen:
             fate = ("rejected", "insufficient_funds")
         elif op.kind == "opening" and fund in self.touched:
             fate = ("rejected", "opening_balance_exists")
         if fate[0] == "accepted":
-            self.balances[fund] += -op.amount_fen if op.kind == "claim" else op.amount_fen
+            delta = -op.amount_fen if op.kind == "claim" else op.amount_fen
+            self.movements[fund].append((instant(op.occurred_at), delta))
             self.touched.add(fund)
         self.fates[event_id] = fate
         return fate
@@ -191,12 +212,21 @@ def test_random_movements_conserve_money_keep_funds_non_negative_and_match_the_m
         assert tb.total_fen == 0
         assert tb.transfer_count == len(accepted)
         # (2) no fund is ever negative, and (3) each holds what the model says
+        balances = model.balances
         for account in FUNDS:
             fund = ledger.fund(account)
             held = 0 if fund is None else fund.balance_fen
             assert held >= 0, account
-            assert held == model.balances[account], account
-            assert tb.balances_fen.get(account, 0) == model.balances[account], account
+            assert held == balances[account], account
+            assert tb.balances_fen.get(account, 0) == balances[account], account
+        # (2) ... at any business instant: read as of every event's time, whatever the arrival order
+        stored = [e for _, e in ledger.notifications(audit.FUND_EVENT_TOPICS)]
+        for at in sorted({instant(m["occurred_at"]) for _, m in sent}):
+            as_of = audit.fold(stored, as_of=at)
+            assert as_of.total_fen == 0, at
+            for account in FUNDS:
+                assert as_of.balances_fen.get(account, 0) >= 0, (account, at)
+                assert as_of.balances_fen.get(account, 0) == model.balance_as_of(account, at), (account, at)
 
     # (3) final balances
     assert {a: b for a, b in model.balances.items() if b} == {

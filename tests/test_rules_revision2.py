@@ -10,6 +10,7 @@ from __future__ import annotations
 from tests.upstream import (
     BENGBU,
     HEFEI,
+    balance,
     budget,
     claim,
     close,
@@ -18,6 +19,7 @@ from tests.upstream import (
     feed,
     new_ledger,
     opening,
+    pooling,
     reversal,
     statuses,
 )
@@ -294,3 +296,84 @@ def test_the_major_illness_premium_is_a_benefit_expenditure_within_the_budget() 
     ]
     assert balance(ledger, pooling(HEFEI)) == 1_000_000 - 300_000 - 200_000
     assert trial_balance(ledger).balances_fen["external:insurers:PICC-AH"] == 200_000
+
+
+# ------------------------------------------------------------------ E1 in business time
+
+
+def test_a_backdated_claim_is_paid_up_to_the_lowest_later_balance_and_not_one_fen_more() -> None:
+    """1 Feb +10,000; 1 Mar -7,000 (3,000 left); 1 Jun +50,000. A claim dated 15 Feb arrives last:
+    from 15 Feb on the fund is at its lowest on 1 March, 3,000 fen."""
+    ledger = new_ledger()
+    feed(
+        ledger,
+        contribution(amount_fen=10_000, occurred_at="2025-02-01T09:00:00+08:00"),
+        claim(amount_fen=7_000, occurred_at="2025-03-01T09:00:00+08:00"),
+        contribution(amount_fen=50_000, occurred_at="2025-06-01T09:00:00+08:00"),
+    )
+    outcomes = feed(
+        ledger,
+        claim(amount_fen=3_001, occurred_at="2025-02-15T09:00:00+08:00"),
+        claim(amount_fen=3_000, occurred_at="2025-02-15T09:00:00+08:00"),
+        claim(amount_fen=1, occurred_at="2025-02-20T09:00:00+08:00"),  # nothing left from 1 March on
+        claim(amount_fen=50_000, occurred_at="2025-06-01T09:00:00+08:00"),  # all of June's money
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED,
+                                  ("rejected", "insufficient_funds"), ACCEPTED]
+    assert outcomes[0].detail is not None and "3000" in outcomes[0].detail
+    assert balance(ledger, pooling(HEFEI)) == 0
+
+
+def test_a_claim_dated_before_any_money_arrived_is_refused_even_when_the_fund_holds_it_now() -> None:
+    """The seeds' probe: a claim dated 1 February arriving after a contribution dated 1 June."""
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        contribution(amount_fen=100_000, occurred_at="2025-06-01T10:00:00+08:00"),
+        claim(amount_fen=1, occurred_at="2025-02-01T10:00:00+08:00"),
+        claim(amount_fen=100_000, occurred_at="2025-06-01T10:00:00+08:00"),  # the same instant: covered
+    )
+    assert statuses(outcomes) == [ACCEPTED, ("rejected", "insufficient_funds"), ACCEPTED]
+
+
+def test_within_one_day_a_late_debit_is_checked_from_its_own_instant_on() -> None:
+    """Same day: 09:00 +5,000, 12:00 -4,000, 18:00 +10,000. At 10:00 the fund can give 1,000
+    (12:00 is its low); at 15:00, nothing; at 18:00, everything it holds."""
+    ledger = new_ledger()
+    feed(
+        ledger,
+        contribution(amount_fen=5_000, occurred_at="2025-04-01T09:00:00+08:00"),
+        claim(amount_fen=4_000, occurred_at="2025-04-01T12:00:00+08:00"),
+        contribution(amount_fen=10_000, occurred_at="2025-04-01T18:00:00+08:00"),
+    )
+    outcomes = feed(
+        ledger,
+        claim(amount_fen=1_001, occurred_at="2025-04-01T10:00:00+08:00"),
+        claim(amount_fen=1_000, occurred_at="2025-04-01T10:00:00+08:00"),
+        claim(amount_fen=1, occurred_at="2025-04-01T15:00:00+08:00"),
+        claim(amount_fen=1, occurred_at="2025-04-01T08:59:59+08:00"),  # before the first money
+        claim(amount_fen=10_000, occurred_at="2025-04-01T18:00:00+08:00"),
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED, ("rejected", "insufficient_funds"),
+                                  ("rejected", "insufficient_funds"), ACCEPTED]
+    assert balance(ledger, pooling(HEFEI)) == 0
+
+
+def test_a_reversal_of_money_already_spent_later_is_insufficient_funds() -> None:
+    """Reversing a contribution at 1 May: the fund paid a claim on 1 June from it."""
+    ledger = new_ledger()
+    paid_in = contribution(amount_fen=8_000, occurred_at="2025-04-01T10:00:00+08:00")
+    feed(
+        ledger,
+        paid_in,
+        contribution(amount_fen=2_000, occurred_at="2025-04-02T10:00:00+08:00"),
+        claim(amount_fen=9_000, occurred_at="2025-06-01T10:00:00+08:00"),
+        contribution(amount_fen=20_000, occurred_at="2025-07-01T10:00:00+08:00"),
+    )
+    outcomes = feed(
+        ledger,
+        reversal(paid_in, occurred_at="2025-05-01T10:00:00+08:00"),  # 1,000 left on 1 June
+        reversal(paid_in, occurred_at="2025-07-01T10:00:00+08:00"),  # 21,000 from 1 July on
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED]
+    assert balance(ledger, pooling(HEFEI)) == 13_000
