@@ -9,6 +9,7 @@ that is not a JSON object.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from pydantic import BaseModel
 
 from ledger.application import Message, error_text
 from ledger.errors import Reason, Rejected
@@ -124,7 +126,7 @@ class Inbound:
             event_id=str(self.event.event_id),
             event_type=self.event.type,
             payload=payload,
-            payload_digest=meaning_digest(payload, self.event.occurred_at),
+            payload_digest=meaning_digest(payload, self.event.occurred_at, _defaults_of(type(self.event))),
             delivery_key=self._delivery_key(),
             source=self._source(),
         )
@@ -174,15 +176,28 @@ class Inbound:
         return self.position.as_dict() if self.position is not None else None
 
 
-def meaning_digest(payload: dict[str, Any], occurred_at: datetime) -> str:
+def meaning_digest(payload: dict[str, Any], occurred_at: datetime, defaults: dict[str, Any] | None = None) -> str:
     """I1: what tells a re-delivery from a new fact, judged on the event's meaning, not its bytes.
 
-    The parsed event (every field, defaults filled in) with its instant written in UTC, keys
-    sorted: the same instant written with another offset, or keys in another order, is the
-    same payload; any other difference is another.
+    The parsed event with its instant written in UTC, keys sorted, and without the optional
+    fields that hold their default (`defaults`): the same instant written with another offset,
+    keys in another order, or a default written out or left out, is the same payload; any
+    other difference is another. Leaving defaults out also keeps a stored event's digest the
+    same when the contract grows a new optional field.
     """
-    meaning = {**payload, "occurred_at": occurred_at.astimezone(UTC).isoformat()}
+    meaning = {k: v for k, v in payload.items() if k not in (defaults or {}) or defaults[k] != v}
+    meaning["occurred_at"] = occurred_at.astimezone(UTC).isoformat()
     return hashlib.sha256(orjson.dumps(meaning, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@functools.cache
+def _defaults_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The optional fields of an event type and their defaults, as JSON writes them."""
+    return {
+        name: orjson.loads(orjson.dumps(field.default, default=str))
+        for name, field in model.model_fields.items()
+        if not field.is_required() and field.default_factory is None
+    }
 
 
 def _event_id_of(error: InputError) -> str | None:

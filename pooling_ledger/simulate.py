@@ -46,6 +46,9 @@ class Simulation:
     income_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     contributed_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     base_fen: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Business seconds between two steps of a city's movements (`clean_stream` fits a stream
+    #: into the first 18 days of the month, before the month's extractions).
+    seconds_per_step: int = 30
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -88,7 +91,10 @@ class Simulation:
     def movement(self, city: str, step: int) -> dict[str, Any]:
         """One contribution, subsidy, interest credit or claim for `city`."""
         scheme = self.rng.choice(("employee", "resident"))
-        at = self._at(step % 28, step)
+        # business time moves on with each step: a fund's movements arrive in the order they
+        # happened, so a claim the simulator sizes on what the fund received is covered at
+        # its own instant too (E1 in business time)
+        at = self._at(0, step * self.seconds_per_step)
         roll = self.rng.random()
         key = (city, scheme)
         if roll < 0.45:
@@ -140,6 +146,7 @@ class Simulation:
         """Openings, then `events_per_city` movements per city, interleaved across cities."""
         events = list(self.openings(opening_balance_fen_max))
         cities = list(self.policy.cities)
+        self.seconds_per_step = max(1, min(self.seconds_per_step, 18 * 86_400 // max(1, events_per_city)))
         for step in range(events_per_city):
             for city in cities:
                 events.append(self.movement(city, step))

@@ -43,6 +43,7 @@ from schemas.policy import (
     DivisionCode,
     HospitalLevel,
     NonNegativeFen,
+    PaidFrom,
     PayerKind,
     Policy,
     PositiveFen,
@@ -205,6 +206,11 @@ class ClaimPaid(Envelope):
         default=None,
         description="City of the institution that treated the insured (RULES E7, one-stop "
         "settlement); absent: the insured's own `city`.",
+    )
+    paid_from: PaidFrom = Field(
+        default=PaidFrom.pooling,
+        description="The fund that pays (RULES E6): the pooling fund, or (employee scheme) the "
+        "city's employee personal accounts.",
     )
 
     @model_validator(mode="after")

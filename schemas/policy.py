@@ -38,6 +38,13 @@ class PayerKind(StrEnum):
     medical_assistance = "medical_assistance"
 
 
+class PaidFrom(StrEnum):
+    """Which fund pays a claim (RULES E6): the pooling fund, or the employee personal accounts."""
+
+    pooling = "pooling"
+    personal_account = "personal_account"
+
+
 class SubsidyLevel(StrEnum):
     central = "central"
     provincial = "provincial"
@@ -143,6 +150,9 @@ class Policy(BaseModel):
     pause_ratio_bp: BasisPoints = 1000
     gap_share_bp: dict[AllocationReason, BasisPoints] = Field(default_factory=_default_gap_share)
     require_budget: bool = False
+    #: E6: the share of an employee's individual contribution that credits the personal
+    #: accounts (the rest, and all employer contributions, go to the pooling fund).
+    personal_account_share_bp: BasisPoints = 10000
     risk_band: RiskBand = Field(default_factory=RiskBand)
     subsidy_standards: list[SubsidyStandard] = Field(default_factory=list)
     #: Standards of several levels together (Tianjin's all-levels figure; Guangxi's 610 total).
