@@ -160,6 +160,7 @@ def message_for(event: Any, notification_id: int) -> tuple[str, bytes, dict[str,
         return "ledger", key, {
             **common,
             "transfer": event.transfer,
+            **({"split": event.split} if getattr(event, "split", None) else {}),
             "balances_fen": event.balances,
             "recorded_at": event.timestamp.isoformat(),
         }

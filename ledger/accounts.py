@@ -26,6 +26,11 @@ def city_pooling(city: str, scheme: Scheme | str) -> str:
     return f"city:{city}:{Scheme(scheme).value}:pooling"
 
 
+def city_personal(city: str) -> str:
+    """The employee personal accounts of a city, as one fund (RULES E6)."""
+    return f"city:{city}:employee:personal"
+
+
 def province_adjustment(scheme: Scheme | str) -> str:
     return f"province:{Scheme(scheme).value}:adjustment"
 
@@ -91,6 +96,8 @@ def _parse(account: str) -> AccountName:
     match account.split(":"):
         case ["city", city, scheme, "pooling"]:
             return AccountName("city_pooling", city, scheme)
+        case ["city", city, "employee", "personal"]:
+            return AccountName("city_personal", city, "employee")
         case ["province", scheme, "adjustment"]:
             return AccountName("province_adjustment", None, scheme)
         case ["external", "contributors", city, scheme, _payer]:
@@ -109,11 +116,13 @@ def _parse(account: str) -> AccountName:
 
 
 #: The kinds of account the ledger holds money in (funds, never negative: E1).
-FUND_KINDS = frozenset({"city_pooling", "province_adjustment"})
+FUND_KINDS = frozenset({"city_pooling", "city_personal", "province_adjustment"})
 #: The only edges money may take (DESIGN §3, E3, E4), as (debit kind, credit kind).
 FORWARD_EDGES = frozenset(
     {
         ("contributors", "city_pooling"),
+        ("contributors", "city_personal"),  # an employee's own contribution (E6)
+        ("city_personal", "institutions"),  # a claim paid from the personal accounts (E6)
         ("finance", "city_pooling"),
         ("city_pooling", "institutions"),
         ("institutions", "city_pooling"),  # a recovery (P4)

@@ -654,6 +654,10 @@ class Receipt(Aggregate):
         source: dict[str, Any] | None
         transfer: dict[str, Any] | None
         balances: dict[str, int]
+        #: The second transfer of an event booked as two (E6: an employee's own contribution
+        #: split between the personal accounts and the pooling fund, and its reversal).
+        #: Absent from receipts recorded before it was added.
+        split: dict[str, Any] | None = None
 
     class Rejected(AggregateCreated):
         event_id: str | None
@@ -677,6 +681,7 @@ class Receipt(Aggregate):
         payload: dict[str, Any] | None,
         reason: str | None = None,
         transfer: dict[str, Any] | None = None,
+        split: dict[str, Any] | None = None,
     ) -> None:
         self.event_id = event_id
         self.event_type = event_type
@@ -685,6 +690,7 @@ class Receipt(Aggregate):
         self.status = "accepted" if reason is None else "rejected"
         self.reason = reason
         self.transfer = transfer
+        self.split = split
         self.reversed_by: str | None = None
         #: P4: fen recovered so far against this claim
         self.recovered_fen = 0
@@ -700,6 +706,11 @@ class Receipt(Aggregate):
     @property
     def is_accepted_movement(self) -> bool:
         return self.status == "accepted" and self.transfer is not None
+
+    @property
+    def transfers(self) -> list[dict[str, Any]]:
+        """Every transfer this event booked, in order (none, one, or two: `split`)."""
+        return [t for t in (self.transfer, self.split) if t is not None]
 
     @staticmethod
     def check_reversible(original: Receipt | None, original_event_id: str, reversal_at: datetime) -> None:

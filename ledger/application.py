@@ -357,19 +357,21 @@ class Ledger(Application[UUID]):
         if prior is not None:
             return self._redelivered(prior, message)
         try:
-            transfer = self._decide(message, work)
+            decided = self._decide(message, work)
         except Rejected as rejection:
             return self._reject(rid, message, rejection, work)
-        balances = self._balances_after(transfer, work) if transfer is not None else {}
+        transfers = [] if decided is None else [decided] if isinstance(decided, Transfer) else decided
+        split = {"split": transfers[1].as_booking()} if len(transfers) > 1 else {}
         work.add(Receipt.accept(
             rid,
-            transfer=transfer.as_booking() if transfer is not None else None,
-            balances=balances,
+            transfer=transfers[0].as_booking() if transfers else None,
+            balances=self._balances_after(transfers, work),
+            **split,
             **message.receipt_fields(),
         ))
         return Outcome("accepted", message.event_id, message.event_type, source=message.source)
 
-    def _decide(self, message: Message, work: _WorkingSet) -> Transfer | None:
+    def _decide(self, message: Message, work: _WorkingSet) -> Transfer | list[Transfer] | None:
         """Get, decide: the policy in force on the event's day, then the event type's decision."""
         if message.event is None:
             assert message.refusal is not None
@@ -433,8 +435,8 @@ class Ledger(Application[UUID]):
         )
 
     @staticmethod
-    def _balances_after(transfer: Transfer, work: _WorkingSet) -> dict[str, int]:
-        return {a: work.fund(a).balance_fen for a in transfer.fund_accounts()}
+    def _balances_after(transfers: list[Transfer], work: _WorkingSet) -> dict[str, int]:
+        return {a: work.fund(a).balance_fen for t in transfers for a in t.fund_accounts()}
 
     # -- infrastructure seams -----------------------------------------------
 
@@ -520,18 +522,13 @@ class _Fate:
     transfer: tuple[Any, ...] | None  # its values in `_TRANSFER_FIELDS` order, names shared
     reversed_by: str | None
     recovered_fen: int
+    split: tuple[Any, ...] | None = None  # the second transfer of a split event (E6)
 
     @classmethod
     def of(cls, receipt: Receipt) -> _Fate:
-        booked = receipt.transfer
-        transfer = None
-        if booked is not None:
-            transfer = tuple(
-                sys.intern(v) if type(v) is str and k in _SHARED_FIELDS else v
-                for k, v in ((k, booked[k]) for k in _TRANSFER_FIELDS)
-            )
         return cls(receipt.event_id, receipt.event_type, receipt.payload_sha256, receipt.reason,
-                   transfer, receipt.reversed_by, receipt.recovered_fen)
+                   _compact(receipt.transfer), receipt.reversed_by, receipt.recovered_fen,
+                   _compact(receipt.split))
 
     def booked(self) -> dict[str, Any] | None:
         return dict(zip(_TRANSFER_FIELDS, self.transfer, strict=True)) if self.transfer is not None else None
@@ -540,13 +537,24 @@ class _Fate:
         common = {"event_id": self.event_id, "event_type": self.event_type,
                   "payload_sha256": self.payload_digest, "payload": None, "source": None}
         if self.reason is None:
-            receipt = Receipt.accept(id, transfer=self.booked(), balances={}, **common)
+            split = {"split": dict(zip(_TRANSFER_FIELDS, self.split, strict=True))} if self.split else {}
+            receipt = Receipt.accept(id, transfer=self.booked(), balances={}, **split, **common)
         else:
             receipt = Receipt.reject(id, reason=self.reason, rule="", detail="", raw_base64=None, **common)
         receipt.collect_events()
         receipt.reversed_by = self.reversed_by
         receipt.recovered_fen = self.recovered_fen
         return receipt
+
+
+def _compact(booked: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """A booked transfer as a tuple in `_TRANSFER_FIELDS` order, its repeated names shared."""
+    if booked is None:
+        return None
+    return tuple(
+        sys.intern(v) if type(v) is str and k in _SHARED_FIELDS else v
+        for k, v in ((k, booked[k]) for k in _TRANSFER_FIELDS)
+    )
 
 
 _TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))

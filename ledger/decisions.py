@@ -34,7 +34,7 @@ from schemas.events import (
     RecoveryReceived,
     SubsidyDisbursed,
 )
-from schemas.policy import Scheme
+from schemas.policy import PaidFrom, Scheme
 
 
 class State(Protocol):
@@ -52,27 +52,37 @@ class State(Protocol):
 
 
 def book(transfer: Transfer, state: State, *, period_checked: Fund | None = None) -> Transfer:
-    """Books both legs of `transfer` once every rule holds on every fund it touches.
-
-    E3 first, then per fund, debit first: P1 (unless the decision checked it already on
-    `period_checked`, where a closed year's reason comes before the event's own rules),
-    E1 and M1. Only then does either fund book, so nothing is half-booked.
-    """
-    transfer.check_edge_allowed()
-    funds = [state.fund(account) for account in transfer.fund_accounts()]
-    for fund in funds:
-        if fund is not period_checked:
-            fund.check_period_open(transfer.fiscal_year)
-        fund.check_stays_non_negative(fund.delta_fen(transfer), transfer.occurred_at)
-        fund.check_stays_within_bound(transfer)
-    for fund in funds:
-        fund.book(transfer)
+    """Books both legs of `transfer` once every rule holds on every fund it touches."""
+    book_together([transfer], state, period_checked=period_checked)
     return transfer
 
 
-def contribution(e: ContributionReceived, terms: PolicyTerms, state: State) -> Transfer:
+def book_together(transfers: list[Transfer], state: State, *, period_checked: Fund | None = None) -> list[Transfer]:
+    """Books the transfers of one event (one, or two for a split: E6) once every rule holds on
+    every fund each touches.
+
+    E3 first, then per fund, debit first: P1 (unless the decision checked it already on
+    `period_checked`, where a closed year's reason comes before the event's own rules),
+    E1 and M1. Only then does any fund book, so nothing is half-booked.
+    """
+    legs = []
+    for transfer in transfers:
+        transfer.check_edge_allowed()
+        for fund in [state.fund(account) for account in transfer.fund_accounts()]:
+            if fund is not period_checked:
+                fund.check_period_open(transfer.fiscal_year)
+            fund.check_stays_non_negative(fund.delta_fen(transfer), transfer.occurred_at)
+            fund.check_stays_within_bound(transfer)
+            legs.append((fund, transfer))
+    for fund, transfer in legs:
+        fund.book(transfer)
+    return transfers
+
+
+def contribution(e: ContributionReceived, terms: PolicyTerms, state: State) -> list[Transfer]:
+    """E6: an employee's own contribution goes (by policy share) to the personal accounts."""
     movements.check_resident_scheme_only(e)
-    return book(movements.contribution(e), state)
+    return book_together(movements.contribution(e, terms.policy.personal_account_share_bp), state)
 
 
 def premium(e: CriticalIllnessPremiumPaid, terms: PolicyTerms, state: State) -> Transfer:
@@ -93,10 +103,12 @@ def subsidy(e: SubsidyDisbursed, terms: PolicyTerms, state: State) -> Transfer:
 
 
 def claim(e: ClaimPaid, terms: PolicyTerms, state: State) -> Transfer:
+    """B3 binds the pooling fund's budget; the personal accounts (E6) have none."""
     transfer = movements.claim(e)
     fund = state.fund(transfer.debit_account)
     fund.check_period_open(transfer.fiscal_year)  # a closed year's reason comes first
-    fund.check_within_budget(transfer.fiscal_year, e.amount_fen, terms.policy.require_budget)
+    if e.paid_from == PaidFrom.pooling:
+        fund.check_within_budget(transfer.fiscal_year, e.amount_fen, terms.policy.require_budget)
     return book(transfer, state, period_checked=fund)
 
 
@@ -164,32 +176,44 @@ def allocation(e: AdjustmentFundAllocated, terms: PolicyTerms, state: State) -> 
 
 
 def close_year(e: FiscalYearClosed, terms: PolicyTerms, state: State) -> None:
-    """P1: locks the year of one fund and fixes its income as next year's base."""
+    """P1: locks the year of one fund and fixes its income as next year's base; a city's employee
+    scope also locks its personal accounts (E6), where they have a history."""
     fund = state.fund(accounts.fund_account(e.city, e.scheme))
     if e.city is None:
         income_fen = province_income_fen(fund, e.fiscal_year, terms, state)
     else:
         income_fen = fund.extraction_base_fen(e.fiscal_year + 1, terms.extraction_base_with_subsidies)
-    fund.close_year(e.fiscal_year, income_fen, str(e.event_id), business_date_of(e.occurred_at))
+    day = business_date_of(e.occurred_at)
+    personal = state.opened_fund(accounts.city_personal(e.city)) if e.city and e.scheme == "employee" else None
+    if personal is not None:
+        personal.check_year_has_ended(e.fiscal_year, day)
+        personal.check_previous_year_closed(e.fiscal_year)
+    fund.close_year(e.fiscal_year, income_fen, str(e.event_id), day)
+    if personal is not None:
+        personal.close_year(e.fiscal_year, personal.total_with_prefix_fen(e.fiscal_year, "contribution."),
+                            str(e.event_id), day)
 
 
-def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> Transfer:
-    """P2: the exact opposite of an accepted movement, once, booked under the movement rules."""
+def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> list[Transfer]:
+    """P2: the exact opposite of an accepted movement (each of its transfers), once, booked under
+    the movement rules."""
     original = state.receipt_of(str(e.original_event_id))
     Receipt.check_reversible(original, str(e.original_event_id), e.occurred_at)
     assert original is not None and original.transfer is not None
-    booked = Transfer.from_booking(original.transfer)
-    funds = [state.fund(account) for account in booked.fund_accounts()]
-    prior_year = any(booked.fiscal_year in f.closed_years for f in funds)
-    opposite = booked.opposite(
-        event_id=str(e.event_id),
-        fiscal_year=fiscal_year_of(e.occurred_at) if prior_year else booked.fiscal_year,
-        occurred_at=e.occurred_at.isoformat(),
-        prior_year_adjustment=prior_year,
-    )
-    book(opposite, state)
+    opposites = []
+    for booking in original.transfers:
+        booked = Transfer.from_booking(booking)
+        funds = [state.fund(account) for account in booked.fund_accounts()]
+        prior_year = any(booked.fiscal_year in f.closed_years for f in funds)
+        opposites.append(booked.opposite(
+            event_id=str(e.event_id),
+            fiscal_year=fiscal_year_of(e.occurred_at) if prior_year else booked.fiscal_year,
+            occurred_at=e.occurred_at.isoformat(),
+            prior_year_adjustment=prior_year,
+        ))
+    book_together(opposites, state)
     original.mark_reversed(str(e.event_id))
-    return opposite
+    return opposites
 
 
 def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
@@ -203,10 +227,12 @@ def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
 
 
 def opened_funds(terms: PolicyTerms, state: State) -> Iterator[Fund]:
-    """Every fund of the policy's cities, then the adjustment funds, that has a history."""
+    """Every fund of the policy's cities (personal accounts too), then the adjustment funds, that
+    has a history."""
     for city in [*terms.policy.cities, None]:
-        for scheme in Scheme:
-            fund = state.opened_fund(accounts.fund_account(city, scheme))
+        names = [accounts.fund_account(city, scheme) for scheme in Scheme]
+        for account in [*names, accounts.city_personal(city)] if city else names:
+            fund = state.opened_fund(account)
             if fund is not None:
                 yield fund
 
@@ -225,7 +251,7 @@ def province_income_fen(province: Fund, fiscal_year: int, terms: PolicyTerms, st
     )
 
 
-Decision = Callable[[Any, PolicyTerms, State], Transfer | None]
+Decision = Callable[[Any, PolicyTerms, State], Transfer | list[Transfer] | None]
 
 #: The decision of each event type (`UpstreamEvent.type`).
 DECISIONS: dict[str, Decision] = {

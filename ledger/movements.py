@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from ledger import accounts
+from ledger import accounts, formulas
 from ledger.aggregates import (
     ALLOCATION_CATEGORY as ALLOCATION,
 )
@@ -49,6 +49,7 @@ from schemas.events import (
     RecoveryReceived,
     SubsidyDisbursed,
 )
+from schemas.policy import PaidFrom
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,21 @@ def _transfer(event: Envelope, debit: str, credit: str, amount_fen: int, categor
     )
 
 
-def contribution(e: ContributionReceived) -> Transfer:
-    return _transfer(
-        e,
-        accounts.contributors(e.city, e.scheme, e.payer_kind),
-        accounts.city_pooling(e.city, e.scheme),
-        e.amount_fen,
-        CONTRIBUTION_PREFIX + e.payer_kind.value,
-    )
+def contribution(e: ContributionReceived, personal_account_share_bp: int) -> list[Transfer]:
+    """E6: an employee's own contribution credits the personal accounts, `personal_account_share_bp`
+    of it (floor, M1); the rest, and every other contribution, the pooling fund. One transfer,
+    or two where the share splits it."""
+    payers = accounts.contributors(e.city, e.scheme, e.payer_kind)
+    category = CONTRIBUTION_PREFIX + e.payer_kind.value
+    pooling_fen, transfers = e.amount_fen, []
+    if e.scheme == "employee" and e.payer_kind == "individual":
+        personal_fen = formulas.share_fen(e.amount_fen, personal_account_share_bp)
+        if personal_fen:
+            transfers.append(_transfer(e, payers, accounts.city_personal(e.city), personal_fen, category))
+        pooling_fen -= personal_fen
+    if pooling_fen:
+        transfers.append(_transfer(e, payers, accounts.city_pooling(e.city, e.scheme), pooling_fen, category))
+    return transfers
 
 
 def subsidy(e: SubsidyDisbursed) -> Transfer:
@@ -179,10 +187,15 @@ def subsidy(e: SubsidyDisbursed) -> Transfer:
 
 
 def claim(e: ClaimPaid) -> Transfer:
-    """E7: the insured city's fund pays the institutions of the city that treated (its own by default)."""
+    """E7: the insured city's fund pays the institutions of the city that treated (its own by default);
+    E6: the pooling fund, or the employee personal accounts (`paid_from`)."""
+    personal = e.paid_from == PaidFrom.personal_account
+    if personal and e.scheme != "employee":
+        raise Rejected(Reason.earmark_violation, "E6",
+                       f"personal accounts exist in the employee scheme only, not {e.scheme.value}")
     return _transfer(
         e,
-        accounts.city_pooling(e.city, e.scheme),
+        accounts.city_personal(e.city) if personal else accounts.city_pooling(e.city, e.scheme),
         accounts.institutions(e.institution_city or e.city),
         e.amount_fen,
         CLAIM_PREFIX + e.category.value,

@@ -477,10 +477,13 @@ def export(
                 writer = csv.writer(target)
                 writer.writerow(JOURNAL_COLUMNS)
                 for notification_id, event in ledger.notifications(RECEIPT_TOPICS[:1]):
-                    if isinstance(event, Receipt.Accepted) and event.transfer is not None:
-                        row = {"notification_id": notification_id, "type": event.event_type, **event.transfer}
-                        writer.writerow(["" if row.get(c) is None else row.get(c) for c in JOURNAL_COLUMNS])
-                        count += 1
+                    if not isinstance(event, Receipt.Accepted):
+                        continue
+                    for booked in (event.transfer, getattr(event, "split", None)):  # E6: two for a split
+                        if booked is not None:
+                            row = {"notification_id": notification_id, "type": event.event_type, **booked}
+                            writer.writerow(["" if row.get(c) is None else row.get(c) for c in JOURNAL_COLUMNS])
+                            count += 1
             else:
                 for n in ledger.stored_notifications():
                     record = {

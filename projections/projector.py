@@ -101,22 +101,32 @@ class _Page:
         transfer, payload = event.transfer, event.payload
         if transfer is None:
             return
-        occurred_at = datetime.fromisoformat(transfer["occurred_at"])
-        day = business_date_of(occurred_at)
         subcategory = payload.get("hospital_level") if event.event_type == "ClaimPaid" else None
-        for account, counter, sign in (
-            (transfer["credit_account"], transfer["debit_account"], 1),
-            (transfer["debit_account"], transfer["credit_account"], -1),
-        ):
-            amount = sign * transfer["amount_fen"]
-            self.postings.append(
-                (notification_id, event.event_id, event.event_type, account, counter, amount,
-                 transfer["category"], subcategory, transfer.get("reversal_of"),
-                 transfer["fiscal_year"], occurred_at, day, bool(transfer.get("prior_year_adjustment")))
-            )
-            self.balances[account] += amount
-            self.daily[(account, day)] += amount
-            self._total(notification_id, account, transfer, subcategory, amount, day)
+        # One posting per account and event (the table's key): the two transfers of a split
+        # event (E6) share their payer's account, whose postings add up.
+        postings: dict[str, list[Any]] = {}
+        for booked in (transfer, getattr(event, "split", None)):
+            if booked is None:
+                continue
+            occurred_at = datetime.fromisoformat(booked["occurred_at"])
+            day = business_date_of(occurred_at)
+            for account, counter, sign in (
+                (booked["credit_account"], booked["debit_account"], 1),
+                (booked["debit_account"], booked["credit_account"], -1),
+            ):
+                amount = sign * booked["amount_fen"]
+                if account in postings:
+                    postings[account][5] += amount
+                else:
+                    postings[account] = [
+                        notification_id, event.event_id, event.event_type, account, counter, amount,
+                        booked["category"], subcategory, booked.get("reversal_of"),
+                        booked["fiscal_year"], occurred_at, day, bool(booked.get("prior_year_adjustment")),
+                    ]
+                self.balances[account] += amount
+                self.daily[(account, day)] += amount
+                self._total(notification_id, account, booked, subcategory, amount, day)
+        self.postings.extend(tuple(p) for p in postings.values())
         if event.event_type == "OpeningBalanceRecorded":
             self.openings.append(
                 (transfer["credit_account"], payload["fiscal_year"], payload["balance_fen"],

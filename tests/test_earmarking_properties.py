@@ -299,8 +299,9 @@ def check_earmarks(transfer: dict[str, Any]) -> None:
         assert debit.city == credit.city, transfer  # E3: no city pays another city
     if credit.kind == "finance":
         assert transfer["reversal_of"] is not None, transfer  # E3: no fund pays into finance
-    assert debit.kind in ("city_pooling", "province_adjustment") or credit.kind in (
+    assert debit.kind in ("city_pooling", "city_personal", "province_adjustment") or credit.kind in (
         "city_pooling",
+        "city_personal",  # E6: an employee's own contribution
         "province_adjustment",
     ), transfer
 

@@ -111,14 +111,14 @@ def test_trial_balance_sums_to_zero_and_each_account_balance_is_what_its_inputs_
         claim(WUHU, "resident", 2_000),
         interest("resident", 300, city=HEFEI),
         interest("employee", 55),  # province adjustment fund of the employee scheme
-        claim(WUHU, "employee", 99_999),  # rejected: Wuhu employee holds 25,000
+        claim(WUHU, "employee", 99_999),  # rejected: Wuhu's employee pooling fund holds nothing
     )
     assert [o.status for o in outcomes] == ["accepted"] * 12 + ["rejected"]
 
     expected = {
         pooling(HEFEI, "resident"): 70_000 + 30_000 + 11_000 - 60_000 + 300,
         pooling(HEFEI, "employee"): 40_000 - 15_000,
-        pooling(WUHU, "employee"): 25_000,
+        "city:340200:employee:personal": 25_000,  # an employee's own contribution (E6)
         pooling(WUHU, "resident"): 7_000 - 2_000,
         "province:resident:adjustment": 9_000,
         "province:employee:adjustment": 55,

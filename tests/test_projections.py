@@ -158,12 +158,23 @@ class Model:
         sub = None
         if kind == "ContributionReceived":
             debit, credit = f"external:contributors:{city}:{scheme}:{e['payer_kind']}", fund
+            if scheme == "employee" and e["payer_kind"] == "individual":  # E6, the default share: all of it
+                credit = f"city:{city}:employee:personal"
             amount, category = e["amount_fen"], f"contribution.{e['payer_kind']}"
         elif kind == "SubsidyDisbursed":
             debit, credit, amount, category = f"external:finance:{e['level']}", fund, e["amount_fen"], f"subsidy.{e['level']}"
         elif kind == "ClaimPaid":
-            debit, credit, amount = fund, f"external:institutions:{city}", e["amount_fen"]
+            payer = f"city:{city}:employee:personal" if e.get("paid_from") == "personal_account" else fund
+            treated = e.get("institution_city") or city
+            debit, credit, amount = payer, f"external:institutions:{treated}", e["amount_fen"]
             category, sub = f"claim.{e['category']}", e["hospital_level"]
+        elif kind == "CriticalIllnessPremiumPaid":  # E8
+            debit, credit, amount, category = fund, f"external:insurers:{e['insurer_id']}", e["amount_fen"], "premium.critical_illness"
+            year = e["fiscal_year"]
+        elif kind == "RecoveryReceived":  # P4: back into the fund that paid
+            treated = e.get("institution_city") or city
+            debit, credit, amount = f"external:institutions:{treated}", fund, e["amount_fen"]
+            category = f"recovery.{e['reason']}"
         elif kind == "InterestCredited":
             debit, credit, amount, category = "external:interest", fund, e["amount_fen"], "interest"
         elif kind == "OpeningBalanceRecorded":
@@ -235,7 +246,7 @@ class Model:
             key = f"{p.category}.{p.subcategory}" if p.subcategory else p.category
             if base.startswith(("contribution.", "subsidy.", "interest", "allocation")):
                 income[key] += p.amount
-            elif base.startswith(("claim.", "extraction")):
+            elif base.startswith(("claim.", "extraction", "premium.")):
                 expenditure[key] -= p.amount
         return dict(income), dict(expenditure)
 

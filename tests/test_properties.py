@@ -96,7 +96,8 @@ def message(op: Op, n: int) -> dict[str, Any]:
         "source": SOURCE,
     }
     if op.kind == "contribution":
-        payer_kind = "employer" if n % 2 else "individual"
+        # an employee's own contribution goes to the personal accounts (E6: test_properties_rev2)
+        payer_kind = "employer" if n % 2 or op.scheme == "employee" else "individual"
         return contribution(op.city, op.scheme, op.amount_fen, payer_kind=payer_kind, **envelope)
     if op.kind == "subsidy":
         level = ("central", "provincial", "city", "county")[n % 4]

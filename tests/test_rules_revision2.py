@@ -377,3 +377,75 @@ def test_a_reversal_of_money_already_spent_later_is_insufficient_funds() -> None
     )
     assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED]
     assert balance(ledger, pooling(HEFEI)) == 13_000
+
+
+# ------------------------------------------------------------------ E6 personal accounts
+
+PERSONAL = "city:340100:employee:personal"
+EMPLOYEE_POOLING = "city:340100:employee:pooling"
+
+
+def test_an_employees_own_contribution_credits_the_personal_accounts_and_the_employers_the_pooling_fund() -> None:
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        contribution(HEFEI, "employee", 40_000, payer_kind="individual"),
+        contribution(HEFEI, "employee", 100_000, payer_kind="employer"),
+        contribution(HEFEI, "resident", 35_000, payer_kind="individual"),  # residents have no personal accounts
+    )
+    assert statuses(outcomes) == [ACCEPTED] * 3
+    assert balance(ledger, PERSONAL) == 40_000
+    assert balance(ledger, EMPLOYEE_POOLING) == 100_000
+    assert balance(ledger, pooling(HEFEI)) == 35_000
+
+
+def test_the_employee_extraction_cap_counts_employer_contributions_only() -> None:
+    """2025: employers 100,000 fen, employees' own 40,000 fen; closed; the 2026 cap is 5 % of 100,000."""
+    ledger = new_ledger()
+    feed(
+        ledger,
+        contribution(HEFEI, "employee", 40_000, payer_kind="individual", occurred_at="2025-05-01T10:00:00+08:00"),
+        contribution(HEFEI, "employee", 100_000, payer_kind="employer", occurred_at="2025-05-01T10:00:00+08:00"),
+        close(HEFEI, 2025, scheme="employee", occurred_at="2026-01-05T10:00:00+08:00"),
+    )
+    at = "2026-01-10T10:00:00+08:00"
+    outcomes = feed(
+        ledger,
+        extraction(5_001, scheme="employee", fiscal_year=2026, occurred_at=at),
+        extraction(5_000, scheme="employee", fiscal_year=2026, occurred_at=at),
+        extraction(1, city=HEFEI, scheme="employee", fiscal_year=2026, occurred_at=at),
+    )
+    assert statuses(outcomes) == [("rejected", "extraction_cap_exceeded"), ACCEPTED,
+                                  ("rejected", "extraction_cap_exceeded")]
+    assert balance(ledger, "province:employee:adjustment") == 5_000
+    assert balance(ledger, PERSONAL) == 40_000  # never extracted from
+
+
+def test_a_claim_paid_from_the_personal_accounts_debits_them_up_to_what_they_hold() -> None:
+    ledger = new_ledger()
+    feed(ledger, contribution(HEFEI, "employee", 3_000, payer_kind="individual"),
+         contribution(HEFEI, "employee", 50_000, payer_kind="employer"))
+    outcomes = feed(
+        ledger,
+        claim(HEFEI, "employee", 3_001, paid_from="personal_account"),
+        claim(HEFEI, "employee", 3_000, paid_from="personal_account"),
+        claim(HEFEI, "resident", 1, paid_from="personal_account"),
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ACCEPTED, ("rejected", "earmark_violation")]
+    assert balance(ledger, PERSONAL) == 0
+    assert balance(ledger, EMPLOYEE_POOLING) == 50_000
+
+
+def test_a_share_below_all_splits_the_contribution_and_its_reversal_undoes_both_parts() -> None:
+    """personal_account_share_bp 7000: 10,001 fen -> 7,000 (floor) personal, 3,001 pooling."""
+    from ledger.policy import load_packaged_policy
+
+    policy = load_packaged_policy().model_copy(update={"personal_account_share_bp": 7000})
+    ledger = new_ledger(policy)
+    paid_in = contribution(HEFEI, "employee", 10_001, payer_kind="individual")
+    assert statuses(feed(ledger, paid_in)) == [ACCEPTED]
+    assert (balance(ledger, PERSONAL), balance(ledger, EMPLOYEE_POOLING)) == (7_000, 3_001)
+    receipt = ledger.receipt(paid_in["event_id"])
+    assert receipt is not None and [t["credit_account"] for t in receipt.transfers] == [PERSONAL, EMPLOYEE_POOLING]
+    assert statuses(feed(ledger, reversal(paid_in, occurred_at="2025-03-02T10:00:00+08:00"))) == [ACCEPTED]
+    assert (balance(ledger, PERSONAL), balance(ledger, EMPLOYEE_POOLING)) == (0, 0)
