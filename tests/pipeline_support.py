@@ -82,10 +82,17 @@ def expected_balances(accepted: Iterable[dict[str, Any]]) -> dict[str, int]:
         fund = f"city:{city}:{scheme}:pooling" if city else f"province:{scheme}:adjustment"
         if t == "ContributionReceived":
             debit, credit, amount = f"external:contributors:{city}:{scheme}:{e['payer_kind']}", fund, e["amount_fen"]
+            if scheme == "employee" and e["payer_kind"] == "individual":  # E6 at the default share: all of it
+                credit = f"city:{city}:employee:personal"
         elif t == "SubsidyDisbursed":
             debit, credit, amount = f"external:finance:{e['level']}", fund, e["amount_fen"]
         elif t == "ClaimPaid":
-            debit, credit, amount = fund, f"external:institutions:{city}", e["amount_fen"]
+            payer = f"city:{city}:employee:personal" if e.get("paid_from") == "personal_account" else fund
+            debit, credit, amount = payer, f"external:institutions:{e.get('institution_city') or city}", e["amount_fen"]
+        elif t == "RecoveryReceived":  # P4
+            debit, credit, amount = f"external:institutions:{e.get('institution_city') or city}", fund, e["amount_fen"]
+        elif t == "CriticalIllnessPremiumPaid":  # E8
+            debit, credit, amount = fund, f"external:insurers:{e['insurer_id']}", e["amount_fen"]
         elif t == "InterestCredited":
             debit, credit, amount = "external:interest", fund, e["amount_fen"]
         elif t == "OpeningBalanceRecorded":
