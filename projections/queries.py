@@ -21,6 +21,7 @@ from ledger.aggregates import (
     CONTRIBUTION_PREFIX,
     EXTRACTION_CATEGORY,
     INTEREST_CATEGORY,
+    PREMIUM_CATEGORY,
     PRIOR_YEAR_PREFIX,
     SUBSIDY_PREFIX,
 )
@@ -34,7 +35,8 @@ from schemas.policy import ExtractionBase, Policy, Scheme
 Conn = psycopg.Connection[Any]
 
 INCOME_PREFIXES = (CONTRIBUTION_PREFIX, SUBSIDY_PREFIX, INTEREST_CATEGORY, ALLOCATION_CATEGORY)
-EXPENDITURE_PREFIXES = (CLAIM_PREFIX, EXTRACTION_CATEGORY)
+#: The major-illness premium (E8) is a benefit expenditure of the resident pooling fund.
+EXPENDITURE_PREFIXES = (CLAIM_PREFIX, EXTRACTION_CATEGORY, PREMIUM_CATEGORY)
 RISK_WINDOW_MONTHS = 12
 
 
@@ -314,8 +316,11 @@ def _budget_row(
     """One fund's budget execution: `row` is its pl_budgets (income, expenditure, kind) or None."""
     income = sum(v for k, v in flows["income"].items() if not k.startswith((ALLOCATION_CATEGORY, PRIOR_YEAR_PREFIX)))
     claims = sum(v for k, v in flows["expenditure"].items() if k.startswith(CLAIM_PREFIX))
+    # B3/B5: the major-illness premium counts against the expenditure budget with the claims (E8)
+    premium = flows["expenditure"].get(PREMIUM_CATEGORY, 0)
+    paid = claims + premium
     planned = {"income_fen": int(row[0]), "expenditure_fen": int(row[1]), "kind": row[2]} if row else None
-    execution_bp = formulas.budget_execution_bp(claims, planned["expenditure_fen"]) if planned else None
+    execution_bp = formulas.budget_execution_bp(paid, planned["expenditure_fen"]) if planned else None
     flag = "no_budget" if planned is None else ("over_budget" if formulas.is_over_budget(execution_bp) else None)
     return {
         "city": city,
@@ -323,7 +328,7 @@ def _budget_row(
         "scheme": scheme,
         "fiscal_year": year,
         "budget": planned,
-        "actual": {"income_fen": income, "expenditure_fen": claims},
+        "actual": {"income_fen": income, "expenditure_fen": paid, "claims_fen": claims, "premium_fen": premium},
         "execution_bp": execution_bp,
         "execution_pct": formulas.percent_text(execution_bp) if execution_bp is not None else None,
         "flag": flag,
