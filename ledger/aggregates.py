@@ -873,6 +873,19 @@ class PolicyBook(Aggregate):
                 "cannot change decisions already taken",
             )
 
+    @staticmethod
+    def check_not_retroactive(effective_from: date, latest_decision_day: date | None) -> None:
+        """I4: a policy never takes effect on or before the business day of a decision already
+        taken, accepted or rejected: history is not re-decided under new parameters."""
+        if latest_decision_day is not None and latest_decision_day >= effective_from:
+            raise Rejected(
+                Reason.policy_retroactive,
+                "I4",
+                f"an event dated {latest_decision_day} was already decided, on or after effective_from "
+                f"{effective_from}: a policy cannot change decisions already taken",
+                {"latest_decision_day": latest_decision_day.isoformat()},
+            )
+
     def adopt(self, policy: Policy, event_id: str) -> None:
         self.trigger_event(
             self.PolicyAdopted, policy=policy.model_dump(mode="json"), event_id=event_id
@@ -884,3 +897,27 @@ class PolicyBook(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             cast(PolicyBook, aggregate).timeline.adopt(Policy.model_validate(self.policy))
+
+
+def decision_day_id(day: date) -> UUID:
+    """The marker of a business day on which the ledger decided an event (I4)."""
+    return uuid5(accounts.LEDGER_NAMESPACE, f"decided-on:{day.isoformat()}")
+
+
+class DecisionDay(Aggregate):
+    """I4: a business day (CST) on which at least one event was decided, accepted or rejected.
+
+    One small aggregate per day, created by the first batch that decides an event dated that
+    day and never changed: a `PolicyAdopted` asks which of these exist from its
+    `effective_from` on, without any batch writing one shared aggregate.
+    """
+
+    class Noted(AggregateCreated):
+        day: str
+
+    def __init__(self, day: str) -> None:
+        self.day = day
+
+    @classmethod
+    def note(cls, day: date) -> DecisionDay:
+        return cls._create(cls.Noted, id=decision_day_id(day), day=day.isoformat())

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field, fields
+from datetime import date, timedelta
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID
 
@@ -29,9 +30,11 @@ from eventsourcing.persistence import Notification, PersistenceError, Recording
 from ledger import accounts, decisions
 from ledger.aggregates import (
     POLICY_BOOK_ID,
+    DecisionDay,
     Fund,
     PolicyBook,
     Receipt,
+    decision_day_id,
     delivery_receipt_id,
     receipt_id,
     unprocessable_receipt_id,
@@ -40,7 +43,7 @@ from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.movements import Transfer
 from ledger.policy import PolicyTerms, load_packaged_policy
-from schemas.events import UpstreamEvent
+from schemas.events import OCCURRED_YEAR_MAX, UpstreamEvent
 from schemas.policy import Policy
 
 log = structlog.get_logger("ledger")
@@ -129,6 +132,8 @@ class _WorkingSet:
     ledger: Ledger
     stored_receipt_ids: set[UUID]
     aggregates: dict[UUID, Aggregate] = field(default_factory=dict)
+    #: I4: the business days of the events this batch decided so far
+    decided_days: set[date] = field(default_factory=set)
 
     def get(self, id: UUID, create: Callable[[], Aggregate] | None = None) -> Aggregate | None:
         if id in self.aggregates:
@@ -168,6 +173,11 @@ class _WorkingSet:
         assert type(book) is PolicyBook
         return book
 
+    def latest_decision_day(self, since: date) -> date | None:
+        """I4: the latest business day, from `since` on, of an event decided before (this batch included)."""
+        days = {d for d in self.decided_days if d >= since} | self.ledger.decision_days_since(since)
+        return max(days, default=None)
+
     def add(self, aggregate: Aggregate) -> None:
         self.aggregates[aggregate.id] = aggregate
 
@@ -187,6 +197,8 @@ class Ledger(Application[UUID]):
         #: between batches instead of rebuilt, and brought up to date at the start of each batch
         #: with what other writers recorded since (`_catch_up`).
         self._hot: dict[UUID, Aggregate] = {}
+        #: I4: business days known to have their `DecisionDay` marker stored
+        self._noted_days: set[date] = set()
 
     # -- use cases ------------------------------------------------------------
 
@@ -216,6 +228,7 @@ class Ledger(Application[UUID]):
                     raise
                 failed[error.index] = error.text
                 continue
+            new_days = self._note_decision_days(work)
             try:
                 self.save(*work.aggregates.values(), **save_kwargs)
             except BaseException as error:
@@ -231,7 +244,34 @@ class Ledger(Application[UUID]):
             for aggregate in work.aggregates.values():
                 if _kept_in_memory(aggregate):
                     self._hot[aggregate.id] = aggregate
+            self._noted_days |= new_days
             return outcomes
+
+    def _note_decision_days(self, work: _WorkingSet) -> set[date]:
+        """I4: adds to the batch a `DecisionDay` for each day it decided an event on that has none yet."""
+        days = work.decided_days - self._noted_days
+        if not days:
+            return set()
+        stored = self._existing({decision_day_id(d): d for d in days})
+        for day in days - stored:
+            marker = DecisionDay.note(day)
+            work.aggregates[marker.id] = marker
+        return days
+
+    def decision_days_since(self, since: date) -> set[date]:
+        """I4: the business days from `since` to the last one an event may be dated on that have a
+        `DecisionDay` stored (one query on PostgreSQL; a policy adoption is rare)."""
+        last = date(OCCURRED_YEAR_MAX, 12, 31)
+        candidates = {decision_day_id(since + timedelta(days=n)): since + timedelta(days=n)
+                      for n in range(max(0, (last - since).days + 1))}
+        return self._existing(candidates)
+
+    def _existing(self, ids_to_days: dict[UUID, date]) -> set[date]:
+        if isinstance(self.recorder, FindsOriginators):
+            found = self.recorder.select_existing_originators(list(ids_to_days))
+        else:
+            found = {i for i in ids_to_days if self.load(i) is not None}
+        return {ids_to_days[i] for i in found}
 
     def load(self, id: UUID) -> Aggregate | None:
         """The aggregate `id` as last saved or read by this process, else from the store."""
@@ -359,7 +399,9 @@ class Ledger(Application[UUID]):
         try:
             decided = self._decide(message, work)
         except Rejected as rejection:
+            _decided_on_its_day(message, work)
             return self._reject(rid, message, rejection, work)
+        _decided_on_its_day(message, work)
         transfers = [] if decided is None else [decided] if isinstance(decided, Transfer) else decided
         split = {"split": transfers[1].as_booking()} if len(transfers) > 1 else {}
         work.add(Receipt.accept(
@@ -560,6 +602,12 @@ def _compact(booked: dict[str, Any] | None) -> tuple[Any, ...] | None:
 _TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))
 #: Fields whose values repeat across transfers (account names, categories): kept once each.
 _SHARED_FIELDS = frozenset({"kind", "debit_account", "credit_account", "category"})
+
+
+def _decided_on_its_day(message: Message, work: _WorkingSet) -> None:
+    """I4: a decision was taken on the event's business day, whatever its fate."""
+    if message.event is not None:
+        work.decided_days.add(business_date_of(message.event.occurred_at))
 
 
 def _kept_in_memory(aggregate: Aggregate) -> bool:

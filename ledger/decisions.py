@@ -11,6 +11,7 @@ themselves live on what owns the state they read: `Fund`, `Receipt`, `PolicyBook
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import date
 from typing import Any, Protocol
 
 from ledger import accounts, formulas, movements
@@ -49,6 +50,9 @@ class State(Protocol):
     def receipt_of(self, event_id: str) -> Receipt | None: ...
 
     def policy_book(self) -> PolicyBook: ...
+
+    def latest_decision_day(self, since: date) -> date | None:
+        """I4: the latest business day, from `since` on, of an event already decided."""
 
 
 def book(transfer: Transfer, state: State, *, period_checked: Fund | None = None) -> Transfer:
@@ -222,7 +226,8 @@ def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
     policy_book.check_adopted_for_its_province(e.policy, e.province)
     policy_book.check_takes_effect_after_adoption(e.effective_from, business_date_of(e.occurred_at))
     for fund in opened_funds(terms, state):
-        fund.check_not_retroactive(e.effective_from)
+        fund.check_not_retroactive(e.effective_from)  # also in stores older than the day markers
+    PolicyBook.check_not_retroactive(e.effective_from, state.latest_decision_day(e.effective_from))
     policy_book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
 
 

@@ -449,3 +449,45 @@ def test_a_share_below_all_splits_the_contribution_and_its_reversal_undoes_both_
     assert receipt is not None and [t["credit_account"] for t in receipt.transfers] == [PERSONAL, EMPLOYEE_POOLING]
     assert statuses(feed(ledger, reversal(paid_in, occurred_at="2025-03-02T10:00:00+08:00"))) == [ACCEPTED]
     assert (balance(ledger, PERSONAL), balance(ledger, EMPLOYEE_POOLING)) == (0, 0)
+
+
+# --------------------------------------------------- I4 policy_retroactive, rejected decisions
+
+
+def adopt_anhui(effective_from: str, occurred_at: str, **changes: object) -> dict[str, object]:
+    from ledger.policy import load_packaged_policy
+    from tests.upstream import event
+
+    policy = load_packaged_policy().model_copy(update=changes)
+    return event("PolicyAdopted", occurred_at=occurred_at, policy=policy.model_dump(mode="json"),
+                 effective_from=effective_from)
+
+
+def test_a_policy_cannot_take_effect_on_the_day_of_a_rejected_decision_nor_before() -> None:
+    """Only a rejection happened on 1 June (a claim on an empty fund, and an overdrawn budget): the
+    policy adopted in May may take effect on 2 June, not on 1 June."""
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        claim(amount_fen=1, occurred_at="2025-06-01T10:00:00+08:00"),
+        budget(100, 101, occurred_at="2025-06-01T23:59:59+08:00"),
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ("rejected", "deficit_budget")]
+    outcomes = feed(
+        ledger,
+        adopt_anhui("2025-06-01", "2025-05-20T10:00:00+08:00", extraction_rate_bp=300),
+        adopt_anhui("2025-06-02", "2025-05-20T10:00:00+08:00", extraction_rate_bp=300),
+    )
+    assert statuses(outcomes) == [("rejected", "policy_retroactive"), ACCEPTED]
+    assert outcomes[0].detail is not None and "2025-06-01" in outcomes[0].detail
+
+
+def test_a_decision_earlier_in_the_same_batch_counts_too() -> None:
+    ledger = new_ledger()
+    outcomes = feed(
+        ledger,
+        claim(amount_fen=1, occurred_at="2025-07-03T10:00:00+08:00"),  # rejected, same batch
+        adopt_anhui("2025-07-03", "2025-05-20T10:00:00+08:00", extraction_rate_bp=300),
+        adopt_anhui("2025-07-04", "2025-05-20T10:00:00+08:00", extraction_rate_bp=300),
+    )
+    assert statuses(outcomes) == [("rejected", "insufficient_funds"), ("rejected", "policy_retroactive"), ACCEPTED]
