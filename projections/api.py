@@ -388,6 +388,22 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         body = queries.recoveries(conn, year)
         return _table(body, body["rows"], format)
 
+    @app.get("/v1/personal-accounts", dependencies=v1, tags=["balances"])
+    def personal_accounts(conn: Conn, year: Year, as_of: AsOf = None, format: Format = "json") -> Any:
+        """Employee personal accounts (RULES E6) per city: balance at `as_of`, and the fiscal year's
+        contributions credited to them (`income_fen`) and claims paid from them (`payouts_fen`),
+        net of reversals."""
+        body = queries.personal_accounts(conn, year, _aware(as_of))
+        return _table(body, body["rows"], format)
+
+    @app.get("/v1/subsidies/reconciliation", dependencies=v1, tags=["budgets"])
+    def subsidy_reconciliation(conn: Conn, year: Year, format: Format = "json") -> Any:
+        """Fiscal subsidies (RULES I3) per city, scheme and finance level in a fiscal year: paid
+        against headcount x the policy's per-capita standard; `totals` for standards of several
+        levels together. A view, not a block: `headcount` is None while the read tables keep none."""
+        body = queries.subsidy_reconciliation(conn, year)
+        return _table(body, body["rows"], format)
+
     @app.get("/v1/budgets/{city}/{scheme}/{year}", dependencies=v1, tags=["budgets"])
     def one_budget(city: Text, scheme: Scheme, year: YearPath, conn: Conn, format: Format = "json") -> Any:
         """Budget against actual and the execution percentage (claims paid / budgeted expenditure)."""

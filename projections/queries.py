@@ -30,7 +30,7 @@ from projections.projector import lag
 
 #: The rejection reason of a message the ledger's own code failed on (counted by /health).
 UNPROCESSABLE = "unprocessable"
-from schemas.policy import ExtractionBase, Policy, Scheme
+from schemas.policy import ExtractionBase, Policy, Scheme, SubsidyLevel
 
 Conn = psycopg.Connection[Any]
 
@@ -552,3 +552,141 @@ def recoveries(conn: Conn, year: int) -> dict[str, Any]:
         out.append({"city": name.city, "scheme": name.scheme, "reason": category.removeprefix("recovery."),
                     "amount_fen": int(fen), "postings": int(n)})
     return {"fiscal_year": year, "rows": out}
+
+
+# -- revision 2: personal accounts, subsidy reconciliation ------------------------------
+
+
+def personal_accounts(conn: Conn, year: int, as_of: datetime | None = None) -> dict[str, Any]:
+    """E6: per city, the employee personal accounts' balance at `as_of` (now when None), the
+    contributions credited to them in fiscal year `year` (`income_fen`) and the claims paid from
+    them in it (`payouts_fen`), both net of reversals and as of `as_of`."""
+    moment = as_of or now()
+    names = cities(conn)
+    funds = [accounts.city_personal(c) for c in names]
+    flows = funds_year(conn, funds, year, moment)
+    balances = (
+        balances_at_fen(conn, funds, as_of) if as_of is not None else
+        _figures(conn, "SELECT account, balance_fen FROM pl_account_balances WHERE account = ANY(%s)", (funds,))
+    )
+    rows = []
+    for city, name in names.items():
+        account = accounts.city_personal(city)
+        year_flows = flows.get(account, {"income": {}, "expenditure": {}})
+        rows.append({
+            "city": city,
+            "name": name,
+            "account": account,
+            "balance_fen": balances.get(account, 0),
+            "income_fen": sum(v for k, v in year_flows["income"].items() if k.startswith(CONTRIBUTION_PREFIX)),
+            "payouts_fen": sum(v for k, v in year_flows["expenditure"].items() if k.startswith(CLAIM_PREFIX)),
+        })
+    return {
+        "fiscal_year": year,
+        "as_of": moment.isoformat(),
+        "rows": rows,
+        "total": {key: sum(r[key] for r in rows) for key in ("balance_fen", "income_fen", "payouts_fen")},
+    }
+
+
+#: A group of subsidies: (city, scheme, finance level).
+SubsidyKey = tuple[str, str, str]
+
+
+def subsidy_reconciliation(conn: Conn, year: int) -> dict[str, Any]:
+    """I3 as a view (GX: subsidies "paid in full and on time"): per city, scheme and finance level,
+    what the subsidies of fiscal year `year` paid (net of reversals) against headcount x the
+    per-capita standard of the policy in force at the year's end.
+
+    The read tables keep no `SubsidyDisbursed.headcount` (pl_postings holds the transfer, not the
+    payload), so `headcount` and what depends on it are None until the projector stores it.
+    """
+    policy = policy_in_force(conn, date(year, 12, 31))
+    paid: dict[SubsidyKey, tuple[int, int]] = {}
+    for account, category, fen, n in conn.execute(
+        "SELECT account, category, sum(amount_fen), sum(postings) FROM pl_account_year_totals"
+        " WHERE fiscal_year = %s AND account LIKE 'city:%%:pooling' AND category LIKE %s GROUP BY 1, 2",
+        (year, SUBSIDY_PREFIX + "%"),
+    ):
+        name = accounts.AccountName.parse(account)
+        paid[(name.city or "", name.scheme or "", category.removeprefix(SUBSIDY_PREFIX))] = (int(fen), int(n))
+    return reconcile_subsidies(policy, year, paid, None)
+
+
+def reconcile_subsidies(
+    policy: Policy | None, year: int, paid: dict[SubsidyKey, tuple[int, int]],
+    headcounts: dict[SubsidyKey, int] | None,
+) -> dict[str, Any]:
+    """The reconciliation of `subsidy_reconciliation` from its inputs: `paid` (net fen and postings
+    per city, scheme and level) and `headcounts` (the people the payments were for, per city,
+    scheme and level; None: not known at all, so no expectation can be formed).
+
+    A row for every city of the policy and level that has a standard for `year`, and for every
+    group that was paid. `expected_low_fen`/`expected_high_fen` are headcount x the lowest and the
+    highest per-capita figure of the standard (equal when it has one figure); `difference_fen` is
+    paid less expected, and with several figures how far paid lies outside that range (0 inside).
+    `totals` does the same for the standards of several levels together (`subsidy_totals`): paid
+    is the sum of those levels, and the headcount the largest any of them reported (the levels
+    pay for the same insured people)."""
+    names = dict(policy.cities) if policy else {}
+    standards = {
+        (s.scheme.value, s.level.value): s.per_capita_fen
+        for s in (policy.subsidy_standards if policy else []) if s.fiscal_year == year
+    }
+    totals = [t for t in (policy.subsidy_totals if policy else []) if t.fiscal_year == year]
+    levels = [lv.value for lv in SubsidyLevel]
+    keys = set(paid) | {(c, scheme, level) for c in names for scheme, level in standards}
+    order = {c: i for i, c in enumerate(names)}
+
+    def sort_key(key: SubsidyKey) -> tuple[int, str, str, int, str]:
+        city, scheme, level = key
+        return (order.get(city, len(order)), city, scheme,
+                levels.index(level) if level in levels else len(levels), level)
+
+    rows = []
+    for key in sorted(keys, key=sort_key):
+        city, scheme, level = key
+        fen, postings = paid.get(key, (0, 0))
+        headcount = None if headcounts is None else headcounts.get(key)
+        rows.append({
+            "city": city, "name": names.get(city), "scheme": scheme, "level": level,
+            "paid_fen": fen, "postings": postings, "headcount": headcount,
+            **_expected(fen, headcount, standards.get((scheme, level))),
+        })
+    total_rows = []
+    for total in totals:
+        group = [lv.value for lv in total.levels]
+        for city in names:
+            members = [(city, total.scheme.value, level) for level in group]
+            counts = [headcounts[k] for k in members if headcounts is not None and k in headcounts]
+            fen = sum(paid.get(k, (0, 0))[0] for k in members)
+            total_rows.append({
+                "city": city, "name": names[city], "scheme": total.scheme.value, "levels": group,
+                "paid_fen": fen, "postings": sum(paid.get(k, (0, 0))[1] for k in members),
+                "headcount": max(counts) if counts else None,
+                **_expected(fen, max(counts) if counts else None, total.per_capita_fen),
+            })
+    return {
+        "fiscal_year": year,
+        "policy": {"name": policy.name, "effective_from": policy.effective_from.isoformat()} if policy else None,
+        "headcounts_known": headcounts is not None,
+        "rows": rows,
+        "totals": total_rows,
+    }
+
+
+def _expected(paid_fen: int, headcount: int | None, per_capita_fen: list[int] | None) -> dict[str, Any]:
+    """The standard's figures, headcount x them, and paid's difference from them (see
+    `reconcile_subsidies`); None where the standard or the headcount is missing."""
+    low = min(per_capita_fen) if per_capita_fen else None
+    high = max(per_capita_fen) if per_capita_fen else None
+    if low is None or high is None or headcount is None:
+        expected_low = expected_high = difference = None
+    else:
+        expected_low, expected_high = headcount * low, headcount * high
+        difference = (paid_fen - expected_low if paid_fen < expected_low
+                      else paid_fen - expected_high if paid_fen > expected_high else 0)
+    return {
+        "per_capita_low_fen": low, "per_capita_high_fen": high,
+        "expected_low_fen": expected_low, "expected_high_fen": expected_high, "difference_fen": difference,
+    }

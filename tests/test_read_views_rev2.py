@@ -1,5 +1,6 @@
-"""RULES revision 2's read views (issue 9): the major-illness premium under a city's
-expenditure (E8), and counted with the claims in its budget's execution (B3).
+"""RULES revision 2's read views (issue 9): the employee personal accounts per city (E6), the
+major-illness premium under a city's expenditure (E8) and the subsidy reconciliation (I3 as a
+view).
 
 Every expected figure is the test's own: literals, or sums over the events it sent.
 """
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from projections.api import create_app
+from projections.queries import reconcile_subsidies
 from projections.roles import ensure_reader_role, reader_url
 from schemas.policy import Policy, SubsidyLevel, SubsidyStandard, SubsidyTotalStandard
 from storage import open_ledger
@@ -154,3 +156,179 @@ def test_the_major_illness_premium_is_listed_under_the_citys_expenditure_and_cou
     row = next(r for r in views.get("/v1/budgets", year=2026)["rows"]
                if (r["city"], r["scheme"]) == (HEFEI, "resident"))
     assert row["actual"]["expenditure_fen"] == 550_000
+
+
+# -- I3 as a view: the subsidy reconciliation -----------------------------------------------------
+
+
+def test_the_reconciliation_compares_paid_with_headcount_times_the_standard() -> None:
+    """The computation on its own inputs (the read tables keep no headcount yet)."""
+    policy = standards_policy().model_copy(update={"cities": {HEFEI: "Hefei", WUHU: "Wuhu", BENGBU: "Bengbu"}})
+    paid = {
+        (HEFEI, "resident", "central"): (48_800_000, 1),
+        (HEFEI, "resident", "provincial"): (8_000_000, 1),  # between 1,000 x 61 and 1,000 x 91.5 yuan
+        (WUHU, "resident", "central"): (14_000_000, 2),  # short of 300 x 488 yuan
+        (WUHU, "resident", "provincial"): (9_500_000, 1),  # above 1,000 x 91.5 yuan
+        (BENGBU, "resident", "provincial"): (5_000_000, 1),  # below 1,000 x 61 yuan
+        (BENGBU, "resident", "city"): (12_345, 1),  # a level without a standard
+    }
+    headcounts = {
+        (HEFEI, "resident", "central"): 1_000, (HEFEI, "resident", "provincial"): 1_000,
+        (WUHU, "resident", "central"): 300, (WUHU, "resident", "provincial"): 1_000,
+        (BENGBU, "resident", "provincial"): 1_000,
+    }
+    body = reconcile_subsidies(policy, 2026, paid, headcounts)
+    assert body["headcounts_known"] is True
+    got = {(r["city"], r["level"]): r for r in body["rows"]}
+    assert list(got) == [(HEFEI, "central"), (HEFEI, "provincial"), (WUHU, "central"), (WUHU, "provincial"),
+                         (BENGBU, "central"), (BENGBU, "provincial"), (BENGBU, "city")]
+
+    def figures(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["paid_fen"], row["headcount"], row["per_capita_low_fen"], row["per_capita_high_fen"],
+                row["expected_low_fen"], row["expected_high_fen"], row["difference_fen"])
+
+    assert figures(got[(HEFEI, "central")]) == (48_800_000, 1_000, 48_800, 48_800, 48_800_000, 48_800_000, 0)
+    assert figures(got[(HEFEI, "provincial")]) == (8_000_000, 1_000, 6_100, 9_150, 6_100_000, 9_150_000, 0)
+    assert figures(got[(WUHU, "central")]) == (14_000_000, 300, 48_800, 48_800, 14_640_000, 14_640_000, -640_000)
+    assert figures(got[(WUHU, "provincial")]) == (9_500_000, 1_000, 6_100, 9_150, 6_100_000, 9_150_000, 350_000)
+    assert figures(got[(BENGBU, "provincial")]) == (5_000_000, 1_000, 6_100, 9_150, 6_100_000, 9_150_000,
+                                                    -1_100_000)
+    # nothing paid, no headcount: the standard, and nothing expected of a count nobody reported
+    assert figures(got[(BENGBU, "central")]) == (0, None, 48_800, 48_800, None, None, None)
+    assert figures(got[(BENGBU, "city")]) == (12_345, None, None, None, None, None, None)
+    assert got[(WUHU, "central")]["postings"] == 2 and got[(HEFEI, "central")]["name"] == "Hefei"
+
+    totals = {r["city"]: r for r in body["totals"]}
+    assert totals[HEFEI]["levels"] == ["central", "provincial"]
+    assert figures(totals[HEFEI]) == (56_800_000, 1_000, 61_000, 61_000, 61_000_000, 61_000_000, -4_200_000)
+    assert figures(totals[WUHU]) == (23_500_000, 1_000, 61_000, 61_000, 61_000_000, 61_000_000, -37_500_000)
+    assert reconcile_subsidies(policy, 2025, paid, headcounts)["totals"] == []  # no 2025 standard
+
+
+@pytest.mark.integration
+def test_subsidy_reconciliation_reads_what_each_level_paid_against_the_policys_standard(database_url: str) -> None:
+    with served_ledger(database_url, standards_policy()) as views:
+        reversed_one = subsidy(WUHU, "central", 50 * CENTRAL_FEN, "2026-02-11T10:00:00+08:00", headcount=50)
+        views.send(
+            subsidy(HEFEI, "central", 1_000 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=1_000),
+            subsidy(HEFEI, "provincial", 1_000 * PROVINCIAL_LOW_FEN, "2026-02-10T10:00:00+08:00", headcount=1_000),
+            subsidy(WUHU, "central", 300 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=300),
+            reversed_one,
+            reversal(reversed_one, "2026-02-12T10:00:00+08:00"),
+            subsidy(BENGBU, "city", 12_345, "2026-02-10T10:00:00+08:00"),
+            subsidy(HEFEI, "central", 1_000, "2025-06-01T10:00:00+08:00"),  # fiscal 2025: no standard
+        )
+        body = views.get("/v1/subsidies/reconciliation", year=2026)
+        assert body["fiscal_year"] == 2026
+        assert body["policy"] == {"name": "Anhui with 2026 subsidy standards (test)", "effective_from": "2020-01-01"}
+        assert body["headcounts_known"] is False  # the read tables keep no headcount
+        cities = list(load_packaged_policy().cities)
+        rows = {(r["city"], r["scheme"], r["level"]): r for r in body["rows"]}
+        # every city at both levels with a standard, and Bengbu's city level, which was paid
+        expected_keys = []
+        for city in cities:
+            expected_keys += [(city, "resident", "central"), (city, "resident", "provincial")]
+            if city == BENGBU:
+                expected_keys.append((city, "resident", "city"))
+        assert list(rows) == expected_keys
+
+        def paid(key: tuple[str, str, str]) -> tuple[int, int, int | None, int | None]:
+            row = rows[key]
+            assert (row["headcount"], row["expected_low_fen"], row["difference_fen"]) == (None, None, None)
+            return row["paid_fen"], row["postings"], row["per_capita_low_fen"], row["per_capita_high_fen"]
+
+        assert paid((HEFEI, "resident", "central")) == (1_000 * CENTRAL_FEN, 1, CENTRAL_FEN, CENTRAL_FEN)
+        assert paid((HEFEI, "resident", "provincial")) == (
+            1_000 * PROVINCIAL_LOW_FEN, 1, PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN)
+        assert paid((WUHU, "resident", "central")) == (300 * CENTRAL_FEN, 3, CENTRAL_FEN, CENTRAL_FEN)
+        assert paid((WUHU, "resident", "provincial")) == (0, 0, PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN)
+        assert paid((BENGBU, "resident", "city")) == (12_345, 1, None, None)
+        assert rows[(HEFEI, "resident", "central")]["name"] == "Hefei"
+        totals = {r["city"]: r for r in body["totals"]}
+        assert len(totals) == len(cities)
+        assert totals[HEFEI]["paid_fen"] == 1_000 * CENTRAL_FEN + 1_000 * PROVINCIAL_LOW_FEN
+        assert totals[HEFEI]["per_capita_low_fen"] == TOGETHER_FEN
+        assert views.csv("/v1/subsidies/reconciliation", year=2026) == as_cells(body["rows"])
+
+        last_year = views.get("/v1/subsidies/reconciliation", year=2025)
+        assert [(r["city"], r["level"], r["paid_fen"], r["per_capita_low_fen"]) for r in last_year["rows"]] == [
+            (HEFEI, "central", 1_000, None)]
+        assert last_year["totals"] == []
+
+
+# -- the routes: documented, behind the token --------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_new_routes_are_in_the_openapi_and_need_the_token(views: Views) -> None:
+    paths = views.client.get("/openapi.json").json()["paths"]
+    assert set(NEW_ROUTES) <= set(paths)
+    assert {p["name"] for p in paths["/v1/personal-accounts"]["get"]["parameters"]} == {"year", "as_of", "format"}
+    for route in NEW_ROUTES:
+        assert views.client.get(route, params={"year": 2026}).status_code == 401
+        assert views.client.get(route, params={"year": 2026}, headers={"Authorization": "Bearer x"}).status_code == 401
+        assert views.client.get(route, headers=AUTH).status_code == 422  # the year is required
+        assert views.client.get(route, params={"year": 1800}, headers=AUTH).status_code == 422
+    assert views.client.get("/v1/personal-accounts", params={"year": 2026, "as_of": "2026-01-01T00:00:00"},
+                            headers=AUTH).status_code == 422  # an instant needs its offset
+
+
+# -- E6: the employee personal accounts per city --------------------------------------------------
+
+
+def personal_claim(city: str, amount: int, at: str) -> dict[str, Any]:
+    return {**claim(city, "employee", amount, at, category="outpatient", level="primary"),
+            "paid_from": "personal_account"}
+
+
+PERSONAL_EVENTS_AT = "2026-02-01T10:00:00+08:00"
+
+
+def personal_account_events() -> list[dict[str, Any]]:
+    """Hefei: 7,000 in 2025, 120,000 in 2026 (5,000 more reversed), 30,000 paid out (10,000 more
+    reversed); Wuhu: 80,000 in; an employer's contribution, which goes to the pooling fund."""
+    reversed_in = contribution(HEFEI, "employee", 5_000, "2026-02-02T10:00:00+08:00")
+    reversed_out = personal_claim(HEFEI, 10_000, "2026-03-02T10:00:00+08:00")
+    return [
+        contribution(HEFEI, "employee", 7_000, "2025-12-20T10:00:00+08:00"),
+        contribution(HEFEI, "employee", 120_000, PERSONAL_EVENTS_AT),
+        contribution(WUHU, "employee", 80_000, PERSONAL_EVENTS_AT),
+        contribution(HEFEI, "employee", 50_000, PERSONAL_EVENTS_AT, payer_kind="employer"),
+        reversed_in,
+        reversal(reversed_in, "2026-02-03T10:00:00+08:00"),
+        personal_claim(HEFEI, 30_000, "2026-03-01T10:00:00+08:00"),
+        reversed_out,
+        reversal(reversed_out, "2026-03-03T10:00:00+08:00"),
+    ]
+
+
+@pytest.mark.integration
+def test_personal_accounts_show_each_citys_balance_income_and_payouts(views: Views) -> None:
+    """Anhui credits the whole of an employee's own contribution to the personal accounts
+    (`personal_account_share_bp` 10000): the figures below are the contributions sent."""
+    views.send(*personal_account_events())
+    body = views.get("/v1/personal-accounts", year=2026)
+    assert body["fiscal_year"] == 2026
+    rows = {r["city"]: r for r in body["rows"]}
+    assert list(rows) == list(load_packaged_policy().cities)  # every city, in the policy's order
+    assert rows[HEFEI] == {"city": HEFEI, "name": "Hefei", "account": "city:340100:employee:personal",
+                           "balance_fen": 7_000 + 120_000 - 30_000, "income_fen": 120_000, "payouts_fen": 30_000}
+    assert {k: rows[WUHU][k] for k in ("balance_fen", "income_fen", "payouts_fen")} == {
+        "balance_fen": 80_000, "income_fen": 80_000, "payouts_fen": 0}
+    assert all((r["balance_fen"], r["income_fen"], r["payouts_fen"]) == (0, 0, 0)
+               for c, r in rows.items() if c not in (HEFEI, WUHU))
+    assert body["total"] == {"balance_fen": 97_000 + 80_000, "income_fen": 200_000, "payouts_fen": 30_000}
+    assert views.csv("/v1/personal-accounts", year=2026) == as_cells(body["rows"])
+
+    # as of a past instant: the balance and the year's flows of that instant
+    february = {r["city"]: r for r in views.get(
+        "/v1/personal-accounts", year=2026, as_of="2026-02-15T00:00:00+08:00")["rows"]}
+    assert (february[HEFEI]["balance_fen"], february[HEFEI]["income_fen"], february[HEFEI]["payouts_fen"]) == (
+        7_000 + 120_000, 120_000, 0)
+    last_year = {r["city"]: r for r in views.get("/v1/personal-accounts", year=2025, as_of=END_2025)["rows"]}
+    assert (last_year[HEFEI]["balance_fen"], last_year[HEFEI]["income_fen"]) == (7_000, 7_000)
+
+    # the personal accounts are not the pooling fund's: only the employer's contribution is there
+    pooling = views.get(f"/v1/cities/{HEFEI}/balances", scheme="employee", as_of=END_2026)
+    assert (pooling["balance_fen"], pooling["income_fen"], pooling["expenditure_fen"]) == (
+        50_000, {"contribution.employer": 50_000}, {})
