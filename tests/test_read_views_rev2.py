@@ -1,6 +1,6 @@
 """RULES revision 2's read views (issue 9): the employee personal accounts per city (E6), the
-major-illness premium under a city's expenditure (E8) and the subsidy reconciliation (I3 as a
-view).
+major-illness premium under a city's expenditure (E8), the subsidy reconciliation (I3 as a
+view) and the dashboard's sections for them and for the out-of-city matrix and recoveries.
 
 Every expected figure is the test's own: literals, or sums over the events it sent.
 """
@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from ledger.application import Ledger
@@ -332,3 +338,93 @@ def test_personal_accounts_show_each_citys_balance_income_and_payouts(views: Vie
     pooling = views.get(f"/v1/cities/{HEFEI}/balances", scheme="employee", as_of=END_2026)
     assert (pooling["balance_fen"], pooling["income_fen"], pooling["expenditure_fen"]) == (
         50_000, {"contribution.employer": 50_000}, {})
+
+
+# -- the dashboard in a real browser --------------------------------------------------------------
+
+
+@contextmanager
+def uvicorn_serving(database_url: str) -> Iterator[str]:
+    """The API on a loopback port (as tests/test_dashboard.py serves it); yields its base URL."""
+    app = create_app(reader_url(database_url), TOKEN)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=sock.getsockname()[1],
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.mark.integration
+def test_dashboard_shows_personal_accounts_the_out_of_city_matrix_and_recoveries(views: Views) -> None:
+    from tests.test_dashboard import render
+
+    at = "2026-03-05T10:00:00+08:00"
+    funded = [contribution(HEFEI, "resident", 100_000, "2026-01-05T10:00:00+08:00"),
+              contribution(HEFEI, "employee", 100_000, "2026-01-05T10:00:00+08:00", payer_kind="employer"),
+              contribution(WUHU, "resident", 100_000, "2026-01-05T10:00:00+08:00")]
+    in_wuhu = {**claim(HEFEI, "resident", 7_000, at), "institution_city": WUHU}
+    in_wuhu_reversed = {**claim(HEFEI, "resident", 500, at), "institution_city": WUHU}
+    in_bengbu = {**claim(HEFEI, "employee", 3_000, at), "institution_city": BENGBU}
+    from_wuhu = {**claim(WUHU, "resident", 2_000, at), "institution_city": HEFEI}
+
+    def recovery(reason: str, amount_fen: int) -> dict[str, Any]:
+        return upstream.event("RecoveryReceived", city=HEFEI, scheme="resident", institution_id="H1",
+                              reason=reason, amount_fen=amount_fen, occurred_at="2026-03-06T10:00:00+08:00")
+
+    views.send(*funded, in_wuhu, in_wuhu_reversed, in_bengbu, from_wuhu,
+               reversal(in_wuhu_reversed, "2026-03-07T10:00:00+08:00"),
+               recovery("fraud", 1_200), recovery("fraud", 100), recovery("overpayment", 300),
+               *personal_account_events())
+
+    with uvicorn_serving(views.database_url) as base:
+        page = render(f"{base}/dashboard?year=2026#token={TOKEN}")
+    body = page.body or {}
+    assert "data-error" not in body, body.get("data-error")
+    assert body.get("data-loaded") == "true"
+
+    def fen(testid: str) -> str:
+        return page.by_id[testid]["data-fen"]
+
+    assert fen(f"out-of-city-resident-{HEFEI}-{WUHU}") == str(7_000)  # the 500 reversed
+    assert fen(f"out-of-city-employee-{HEFEI}-{BENGBU}") == str(3_000)
+    assert fen(f"out-of-city-resident-{WUHU}-{HEFEI}") == str(2_000)
+    assert sorted(t for t in page.by_id if t.startswith("out-of-city-")) == sorted([
+        f"out-of-city-resident-{HEFEI}-{WUHU}", f"out-of-city-employee-{HEFEI}-{BENGBU}",
+        f"out-of-city-resident-{WUHU}-{HEFEI}"])
+    assert fen(f"recovery-{HEFEI}-resident-fraud") == str(1_200 + 100)
+    assert fen(f"recovery-{HEFEI}-resident-overpayment") == str(300)
+    assert sorted(t for t in page.by_id if t.startswith("recovery-")) == [
+        f"recovery-{HEFEI}-resident-fraud", f"recovery-{HEFEI}-resident-overpayment"]
+    assert (fen(f"personal-{HEFEI}-balance"), fen(f"personal-{HEFEI}-income"), fen(f"personal-{HEFEI}-payouts")) == (
+        str(7_000 + 120_000 - 30_000), str(120_000), str(30_000))
+    assert fen(f"personal-{WUHU}-balance") == str(80_000)
+    assert fen("personal-total-income") == str(120_000 + 80_000)
+
+
+def test_the_dashboard_page_asks_for_the_revision_2_views() -> None:
+    from importlib import resources
+
+    page = (resources.files("projections") / "static" / "dashboard.html").read_text("utf-8")
+    for route in ("/v1/personal-accounts?year=", "/v1/out-of-city?year=", "/v1/recoveries?year="):
+        assert route in page, route
+    for section in ("personal-body", "out-of-city-body", "recoveries-body"):
+        assert f'id="{section}"' in page, section
