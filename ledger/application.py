@@ -565,19 +565,21 @@ class _Fate:
     reversed_by: str | None
     recovered_fen: int
     split: tuple[Any, ...] | None = None  # the second transfer of a split event (E6)
+    recovers: str | None = None  # P4: the claim a recovery was taken against (its reversal gives it back)
 
     @classmethod
     def of(cls, receipt: Receipt) -> _Fate:
         return cls(receipt.event_id, receipt.event_type, receipt.payload_sha256, receipt.reason,
                    _compact(receipt.transfer), receipt.reversed_by, receipt.recovered_fen,
-                   _compact(receipt.split))
+                   _compact(receipt.split), _recovered_claim(receipt))
 
     def booked(self) -> dict[str, Any] | None:
         return dict(zip(_TRANSFER_FIELDS, self.transfer, strict=True)) if self.transfer is not None else None
 
     def receipt(self, id: UUID) -> Receipt:
+        payload = {"claim_event_id": self.recovers} if self.recovers is not None else None
         common = {"event_id": self.event_id, "event_type": self.event_type,
-                  "payload_sha256": self.payload_digest, "payload": None, "source": None}
+                  "payload_sha256": self.payload_digest, "payload": payload, "source": None}
         if self.reason is None:
             split = {"split": dict(zip(_TRANSFER_FIELDS, self.split, strict=True))} if self.split else {}
             receipt = Receipt.accept(id, transfer=self.booked(), balances={}, **split, **common)
@@ -587,6 +589,13 @@ class _Fate:
         receipt.reversed_by = self.reversed_by
         receipt.recovered_fen = self.recovered_fen
         return receipt
+
+
+def _recovered_claim(receipt: Receipt) -> str | None:
+    if receipt.event_type != "RecoveryReceived" or not receipt.payload:
+        return None
+    claim = receipt.payload.get("claim_event_id")
+    return None if claim is None else str(claim)
 
 
 def _compact(booked: dict[str, Any] | None) -> tuple[Any, ...] | None:

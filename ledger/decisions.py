@@ -217,6 +217,11 @@ def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> list[Transfe
         ))
     book_together(opposites, state)
     original.mark_reversed(str(e.event_id))
+    recovered_claim = (original.payload or {}).get("claim_event_id") if original.event_type == "RecoveryReceived" else None
+    if recovered_claim is not None:  # P4: what a reversed recovery brought back counts no more
+        claim_receipt = state.receipt_of(str(recovered_claim))
+        if claim_receipt is not None:
+            claim_receipt.record_recovery(str(e.event_id), -opposites[0].amount_fen)
     return opposites
 
 

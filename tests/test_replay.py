@@ -111,8 +111,16 @@ def test_replay_and_verify_pass_on_a_history_of_every_event_type(database_url: s
         {**claim(amount_fen=6_000, occurred_at="2025-03-02T11:00:00+08:00"), "institution_city": "340200"},
         event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1", reason="fraud",
               claim_event_id=paid["event_id"], amount_fen=40_001, occurred_at="2025-03-03T10:00:00+08:00"),
-        event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1", reason="fraud",
-              claim_event_id=paid["event_id"], amount_fen=40_000, occurred_at="2025-03-03T10:00:00+08:00"),
+        recovered := event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1",
+                           reason="fraud", claim_event_id=paid["event_id"], amount_fen=40_000,
+                           occurred_at="2025-03-03T10:00:00+08:00"),
+        reversal(recovered, occurred_at="2025-03-03T11:00:00+08:00"),  # gives 40,000 back to recover
+        event("RecoveryReceived", city="340100", scheme="resident", institution_id="H1", reason="overpayment",
+              claim_event_id=paid["event_id"], amount_fen=40_000, occurred_at="2025-03-03T12:00:00+08:00"),
+        contribution("340100", "employee", 8_000, payer_kind="individual",  # E6: personal accounts
+                     occurred_at="2025-03-03T13:00:00+08:00"),
+        {**claim("340100", "employee", 8_001, occurred_at="2025-03-03T14:00:00+08:00"), "paid_from": "personal_account"},
+        {**claim("340100", "employee", 8_000, occurred_at="2025-03-03T14:00:00+08:00"), "paid_from": "personal_account"},
         event("CriticalIllnessPremiumPaid", city="340100", scheme="resident", insurer_id="PICC-AH",
               fiscal_year=2025, amount_fen=300_000, occurred_at="2025-03-04T10:00:00+08:00"),
         budget(30_000_000, 25_000_000, type_="BudgetAdjusted", occurred_at="2025-03-05T10:00:00+08:00"),

@@ -206,8 +206,8 @@ def recovery(amount_fen: int, claim_event_id: str | None = None, *, city: str = 
 
     extra = {"claim_event_id": claim_event_id} if claim_event_id is not None else {}
     return event("RecoveryReceived", city=city, scheme="resident", institution_id="hosp-1",
-                 reason=reason, amount_fen=amount_fen, occurred_at="2025-05-01T10:00:00+08:00",
-                 **extra, **fields)
+                 reason=reason, amount_fen=amount_fen,
+                 **{"occurred_at": "2025-05-01T10:00:00+08:00", **extra, **fields})
 
 
 def test_recoveries_against_a_claim_never_exceed_what_it_paid() -> None:
@@ -491,3 +491,24 @@ def test_a_decision_earlier_in_the_same_batch_counts_too() -> None:
         adopt_anhui("2025-07-04", "2025-05-20T10:00:00+08:00", extraction_rate_bp=300),
     )
     assert statuses(outcomes) == [("rejected", "insufficient_funds"), ("rejected", "policy_retroactive"), ACCEPTED]
+
+
+def test_a_reversed_recovery_gives_its_amount_back_to_what_may_be_recovered() -> None:
+    """A claim of 30,000 fen, 30,000 recovered, then 12,000 of it reversed: 12,000 may be recovered again."""
+    ledger = new_ledger()
+    feed(ledger, contribution(amount_fen=100_000))
+    paid = claim(amount_fen=30_000)
+    first, second = recovery(18_000, paid["event_id"]), recovery(12_000, paid["event_id"])
+    feed(ledger, paid, first, second)
+    outcomes = feed(
+        ledger,
+        recovery(1, paid["event_id"]),
+        reversal(second, occurred_at="2025-05-02T10:00:00+08:00"),
+        recovery(12_001, paid["event_id"], occurred_at="2025-05-03T10:00:00+08:00"),
+        recovery(12_000, paid["event_id"], occurred_at="2025-05-03T10:00:00+08:00"),
+    )
+    assert statuses(outcomes) == [("rejected", "recovery_exceeds_claim"), ACCEPTED,
+                                  ("rejected", "recovery_exceeds_claim"), ACCEPTED]
+    receipt = ledger.receipt(paid["event_id"])
+    assert receipt is not None and receipt.recovered_fen == 30_000
+    assert balance(ledger, pooling(HEFEI)) == 100_000
