@@ -874,7 +874,7 @@ class PolicyBook(Aggregate):
             )
 
     @staticmethod
-    def check_not_retroactive(effective_from: date, latest_decision_day: date | None) -> None:
+    def check_after_every_decision(effective_from: date, latest_decision_day: date | None) -> None:
         """I4: a policy never takes effect on or before the business day of a decision already
         taken, accepted or rejected: history is not re-decided under new parameters."""
         if latest_decision_day is not None and latest_decision_day >= effective_from:

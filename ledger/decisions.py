@@ -232,7 +232,7 @@ def adopt_policy(e: PolicyAdopted, terms: PolicyTerms, state: State) -> None:
     policy_book.check_takes_effect_after_adoption(e.effective_from, business_date_of(e.occurred_at))
     for fund in opened_funds(terms, state):
         fund.check_not_retroactive(e.effective_from)  # also in stores older than the day markers
-    PolicyBook.check_not_retroactive(e.effective_from, state.latest_decision_day(e.effective_from))
+    PolicyBook.check_after_every_decision(e.effective_from, state.latest_decision_day(e.effective_from))
     policy_book.adopt(e.policy.model_copy(update={"effective_from": e.effective_from}), str(e.event_id))
 
 

@@ -934,7 +934,8 @@ def test_closing_a_year_twice_is_accepted_and_changes_nothing() -> None:
     assert closed.closed_years == {2025: contributions}
     # From 2026 subsidies count in the base: a second close would fix another figure.
     with_subsidies = anhui(extraction_base="contributions_and_subsidies")
-    adopted = adopt(with_subsidies, "2026-01-01", occurred_at="2026-01-01T00:30:00+08:00")
+    # effective the day after the first close was decided (I4: not on that day)
+    adopted = adopt(with_subsidies, "2026-01-02", occurred_at="2026-01-01T00:30:00+08:00")
     assert statuses(feed(ledger, adopted)) == [ACCEPTED]
 
     assert statuses(feed(ledger, close(HEFEI, 2025))) == [ACCEPTED]
