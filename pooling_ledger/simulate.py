@@ -5,6 +5,13 @@ Every message is a (key, value) pair as upstream services would publish it to
 (a resident contribution of 380 yuan a head in 2025, subsidies split by level),
 and claims are kept below what each fund has received, so a clean stream books
 in full; `with_faults` adds the bad and duplicate messages a real feed has.
+
+The flows of RULES.md revision 2 are in the mix: employees' own contributions credit the
+city's employee personal accounts (E6, `personal_account_share_bp` of them, the rest the
+pooling fund) and some claims are paid from them (`paid_from: personal_account`), some
+claims are treated in another city of the province (E7 `institution_city`), medical
+assistance pays some resident contributions and each city's resident fund pays the
+major-illness premium once a year (E8), and institutions repay part of earlier claims (P4).
 """
 
 from __future__ import annotations
@@ -30,6 +37,27 @@ HOSPITAL_LEVELS = ("primary", "secondary", "tertiary")
 CLAIM_SHARE_BP = 8_000
 #: The largest single claim payout (a batch of settlements from one hospital), in fen.
 CLAIM_FEN_MAX = 30_000_000
+#: Resident contributions paid by medical assistance for aid recipients (E8), basis points.
+MEDICAL_ASSISTANCE_BP = 1_000
+#: Employee claims paid from the personal accounts (E6) where they hold enough, basis points.
+PERSONAL_ACCOUNT_CLAIM_BP = 4_000
+#: Claims treated in another city of the province (E7), basis points.
+OUT_OF_CITY_BP = 1_000
+RECOVERY_REASONS = ("fraud", "overpayment", "audit_adjustment")
+#: The largest yearly major-illness premium of one city's resident fund (E8), in fen.
+PREMIUM_FEN_MAX = 20_000_000
+INSURERS = ("PICC-AH", "CPIC-AH", "ChinaLife-AH")
+
+
+@dataclass
+class PaidClaim:
+    """A pooling claim the simulator paid, and what institutions have repaid of it (P4)."""
+
+    event_id: str
+    amount_fen: int
+    institution_id: str
+    institution_city: str
+    recovered_fen: int = 0
 
 
 @dataclass
@@ -46,6 +74,15 @@ class Simulation:
     income_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     contributed_fen: dict[tuple[str, str], int] = field(default_factory=dict)
     base_fen: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: E6: what each city's employee personal accounts received and paid, by city.
+    personal_received_fen: dict[str, int] = field(default_factory=dict)
+    personal_paid_fen: dict[str, int] = field(default_factory=dict)
+    #: P4: per fund, the pooling claims with something left to recover.
+    recoverable: dict[tuple[str, str], list[PaidClaim]] = field(default_factory=dict)
+    #: E8: (city, fiscal year) of every premium paid.
+    premiums: set[tuple[str, int]] = field(default_factory=set)
+    #: The latest step of each city's movements (their business time never goes back).
+    city_step: dict[str, int] = field(default_factory=dict)
     #: Business seconds between two steps of a city's movements (`clean_stream` fits a stream
     #: into the first 18 days of the month, before the month's extractions).
     seconds_per_step: int = 30
@@ -89,25 +126,21 @@ class Simulation:
                 yield event
 
     def movement(self, city: str, step: int) -> dict[str, Any]:
-        """One contribution, subsidy, interest credit or claim for `city`."""
+        """One contribution, subsidy, interest credit, recovery, premium or claim for `city`."""
         scheme = self.rng.choice(("employee", "resident"))
         # business time moves on with each step: a fund's movements arrive in the order they
         # happened, so a claim the simulator sizes on what the fund received is covered at
-        # its own instant too (E1 in business time)
+        # its own instant too (E1 in business time); a step that found no room for a claim
+        # went on to the next one, and the city's later movements never go back before it
+        step = max(step, self.city_step.get(city, 0))
+        self.city_step[city] = step
         at = self._at(0, step * self.seconds_per_step)
         roll = self.rng.random()
         key = (city, scheme)
+        event: dict[str, Any] | None
         if roll < 0.45:
-            event = self.envelope("ContributionReceived", at, "tax.anhui")
-            headcount = self.rng.randint(1, 500)
-            event.update(
-                city=city,
-                scheme=scheme,
-                payer_kind=self.rng.choice(PAYER_KINDS[scheme]),
-                amount_fen=headcount * self.rng.choice((38_000, 35_000, 120_000)),
-                headcount=headcount,
-            )
-        elif roll < 0.60 and scheme == "resident":
+            return self._contribution(city, scheme, at)
+        if roll < 0.60 and scheme == "resident":
             event = self.envelope("SubsidyDisbursed", at, "finance.anhui")
             event.update(
                 city=city,
@@ -115,31 +148,148 @@ class Simulation:
                 level=self.rng.choice(SUBSIDY_LEVELS),
                 amount_fen=self.rng.randint(100_000, 5_000_000),
             )
-        elif roll < 0.63:
+            self._income(key, event["amount_fen"])
+            return event
+        if roll < 0.63:
             event = self.envelope("InterestCredited", at, "bank.anhui")
             event.update(city=city, scheme=scheme, amount_fen=self.rng.randint(100, 100_000))
-        else:
-            room = self.received_fen.get(key, 0) * CLAIM_SHARE_BP // 10_000 - self.paid_fen.get(key, 0)
-            if room < 1_000:
-                return self.movement(city, step + 1)
-            amount = self.rng.randint(1, min(room, CLAIM_FEN_MAX))
-            event = self.envelope("ClaimPaid", at, "settlement.anhui")
-            event.update(
-                city=city,
-                scheme=scheme,
-                claim_id=f"C{step}-{self.rng.getrandbits(32):08x}",
-                institution_id=f"H{city}{self.rng.randint(1, 40):03d}",
-                hospital_level=self.rng.choice(HOSPITAL_LEVELS),
-                category=self.rng.choice(CATEGORIES),
-                eligible_fen=amount + self.rng.randint(0, amount),
-                amount_fen=amount,
-            )
-            self.paid_fen[key] = self.paid_fen.get(key, 0) + amount
+            self._income(key, event["amount_fen"])
             return event
-        self.received_fen[key] = self.received_fen.get(key, 0) + event["amount_fen"]
-        self.income_fen[key] = self.income_fen.get(key, 0) + event["amount_fen"]
-        if event["type"] == "ContributionReceived":
-            self.contributed_fen[key] = self.contributed_fen.get(key, 0) + event["amount_fen"]
+        event = None
+        if roll < 0.66:
+            event = self._recovery(city, scheme, at)
+        elif roll < 0.68 and scheme == "resident":
+            event = self.premium(city, at)
+        if event is None:
+            event = self._claim(city, scheme, at, step)
+        return self.movement(city, step + 1) if event is None else event
+
+    def _income(self, key: tuple[str, str], amount_fen: int) -> None:
+        self.received_fen[key] = self.received_fen.get(key, 0) + amount_fen
+        self.income_fen[key] = self.income_fen.get(key, 0) + amount_fen
+
+    def _contribution(self, city: str, scheme: str, at: str) -> dict[str, Any]:
+        """Employers', employees', residents' or (E8) medical assistance's contribution.
+
+        E6: an employee's own contribution credits the personal accounts with the policy's
+        share (rounded down) and the pooling fund with the rest; only what the pooling fund
+        gets is its income and its extraction base (X2)."""
+        event = self.envelope("ContributionReceived", at, "tax.anhui")
+        headcount = self.rng.randint(1, 500)
+        payer_kind = self.rng.choice(PAYER_KINDS[scheme])
+        per_head = (38_000, 35_000, 120_000)
+        if scheme == "resident" and self.rng.randrange(10_000) < MEDICAL_ASSISTANCE_BP:
+            payer_kind, per_head = "medical_assistance", (38_000, 35_000)
+        event.update(
+            city=city,
+            scheme=scheme,
+            payer_kind=payer_kind,
+            amount_fen=headcount * self.rng.choice(per_head),
+            headcount=headcount,
+        )
+        amount = event["amount_fen"]
+        personal = 0
+        if scheme == "employee" and payer_kind == "individual":
+            personal = amount * self.policy.personal_account_share_bp // 10_000
+            self.personal_received_fen[city] = self.personal_received_fen.get(city, 0) + personal
+        key = (city, scheme)
+        self._income(key, amount - personal)
+        self.contributed_fen[key] = self.contributed_fen.get(key, 0) + amount - personal
+        return event
+
+    def _claim(self, city: str, scheme: str, at: str, step: int) -> dict[str, Any] | None:
+        """A claim on the pooling fund or (E6, employees) the personal accounts, below what
+        that fund received; treated in another city now and then (E7). None: no room."""
+        key = (city, scheme)
+        personal_room = 0
+        if scheme == "employee" and self.rng.randrange(10_000) < PERSONAL_ACCOUNT_CLAIM_BP:
+            personal_room = (
+                self.personal_received_fen.get(city, 0) * CLAIM_SHARE_BP // 10_000
+                - self.personal_paid_fen.get(city, 0)
+            )
+        personal = personal_room >= 1_000
+        room = personal_room if personal else (
+            self.received_fen.get(key, 0) * CLAIM_SHARE_BP // 10_000 - self.paid_fen.get(key, 0)
+        )
+        if room < 1_000:
+            return None
+        amount = self.rng.randint(1, min(room, CLAIM_FEN_MAX))
+        treated_in = city
+        if len(self.policy.cities) > 1 and self.rng.randrange(10_000) < OUT_OF_CITY_BP:
+            treated_in = self.rng.choice([c for c in self.policy.cities if c != city])
+        event = self.envelope("ClaimPaid", at, "settlement.anhui")
+        event.update(
+            city=city,
+            scheme=scheme,
+            claim_id=f"C{step}-{self.rng.getrandbits(32):08x}",
+            institution_id=f"H{treated_in}{self.rng.randint(1, 40):03d}",
+            hospital_level=self.rng.choice(HOSPITAL_LEVELS),
+            category=self.rng.choice(CATEGORIES),
+            eligible_fen=amount + self.rng.randint(0, amount),
+            amount_fen=amount,
+        )
+        if treated_in != city:
+            event["institution_city"] = treated_in
+        if personal:
+            event["paid_from"] = "personal_account"
+            self.personal_paid_fen[city] = self.personal_paid_fen.get(city, 0) + amount
+        else:
+            self.paid_fen[key] = self.paid_fen.get(key, 0) + amount
+            self.recoverable.setdefault(key, []).append(
+                PaidClaim(event["event_id"], amount, event["institution_id"], treated_in)
+            )
+        return event
+
+    def _recovery(self, city: str, scheme: str, at: str) -> dict[str, Any] | None:
+        """P4: an institution repays part (now and then all) of what's left of an earlier
+        pooling claim of the fund. None: no claim left to recover from."""
+        key = (city, scheme)
+        claims = self.recoverable.get(key)
+        if not claims:
+            return None
+        index = self.rng.randrange(len(claims))
+        paid = claims[index]
+        left = paid.amount_fen - paid.recovered_fen
+        amount = left if self.rng.random() < 0.2 else self.rng.randint(1, left)
+        paid.recovered_fen += amount
+        if paid.recovered_fen == paid.amount_fen:  # nothing left: out of the draw
+            claims[index] = claims[-1]
+            claims.pop()
+        event = self.envelope("RecoveryReceived", at, "audit.anhui")
+        event.update(
+            city=city,
+            scheme=scheme,
+            institution_id=paid.institution_id,
+            reason=self.rng.choice(RECOVERY_REASONS),
+            claim_event_id=paid.event_id,
+            amount_fen=amount,
+        )
+        if paid.institution_city != city:
+            event["institution_city"] = paid.institution_city
+        # money back in the fund (E1), but neither income (X2, X5) nor less paid out (B3)
+        self.received_fen[key] = self.received_fen.get(key, 0) + amount
+        return event
+
+    def premium(self, city: str, at: str) -> dict[str, Any] | None:
+        """E8: the resident fund's yearly major-illness premium, once per city and fiscal year,
+        dated in it, sized like a claim on what the fund received. None: paid, or no room."""
+        key = (city, "resident")
+        fiscal_year = datetime.fromisoformat(at).astimezone(CHINA_STANDARD_TIME).year
+        if (city, fiscal_year) in self.premiums:
+            return None
+        room = self.received_fen.get(key, 0) * CLAIM_SHARE_BP // 10_000 - self.paid_fen.get(key, 0)
+        if room < 1_000:
+            return None
+        event = self.envelope("CriticalIllnessPremiumPaid", at, "nhsa.anhui")
+        event.update(
+            city=city,
+            scheme="resident",
+            insurer_id=self.rng.choice(INSURERS),
+            fiscal_year=fiscal_year,
+            amount_fen=self.rng.randint(1, min(room, PREMIUM_FEN_MAX)),
+        )
+        self.premiums.add((city, fiscal_year))
+        self.paid_fen[key] = self.paid_fen.get(key, 0) + event["amount_fen"]  # B3 counts it with claims
         return event
 
     def clean_stream(self, events_per_city: int, opening_balance_fen_max: int = 0) -> list[dict[str, Any]]:
@@ -156,8 +306,9 @@ class Simulation:
 def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[dict[str, Any]]]]:
     """A December of provincial pooling in phases, each published once the previous one is booked.
 
-    1. the month: openings, approved budgets, movements, and every city's 2025 resident
-       extraction (5 % of its previous-year income, X2);
+    1. the month: openings, approved budgets, movements (revision 2's flows among them: see
+       the module), every city's major-illness premium (E8) and 2025 resident extraction
+       (5 % of its previous-year income, X2);
     2. a gap: one city pays more claims than it collected, the province allocates half the
        gap (X5); another city's budget is cut to what it paid, a claim is refused
        `over_budget` (B3) and paid after a `BudgetAdjusted` raises the budget;
@@ -172,12 +323,22 @@ def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[
     openings = [e for e in month if e["type"] == "OpeningBalanceRecorded"]
     for e in openings:  # audited balances: a quarter to a half of a year's income
         e["balance_fen"] = rng.randint(e["previous_year_income_fen"] // 4, e["previous_year_income_fen"] // 2)
+    # every city's resident fund pays its yearly major-illness premium (E8) by the 18th
+    premiums = [p for city in cities if (p := sim.premium(city, sim._at(18, 0))) is not None]
+    gap_city, budget_city = cities[3], cities[5]
+    gap_fen = 10_000_000
     budgets = []
     for city in cities:
         for scheme in ("employee", "resident"):
+            key = (city, scheme)
             budget = sim.envelope("BudgetApproved", f"{year}-01-05T10:00:00+08:00", "nhsa.anhui")
-            income = sim.base_fen[(city, scheme)] * 105 // 100
-            budget.update(city=city, scheme=scheme, fiscal_year=year, income_fen=income, expenditure_fen=income * 98 // 100)
+            income = sim.base_fen[key] * 105 // 100
+            # never below what the simulated year pays (B3): the month's claims and premium, and
+            # the gap city's claims, `gap_fen` above its income
+            spent = max(sim.paid_fen.get(key, 0), sim.income_fen.get(key, 0) + gap_fen)
+            expenditure = max(income * 98 // 100, spent * 11 // 10)
+            budget.update(city=city, scheme=scheme, fiscal_year=year, income_fen=max(income, expenditure),
+                          expenditure_fen=expenditure)
             budgets.append(budget)
     extractions = []
     for city in cities:
@@ -187,10 +348,8 @@ def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[
             amount_fen=sim.base_fen[(city, "resident")] * policy.extraction_rate_bp // 10_000,
         )
         extractions.append(extraction)
-    phase1 = openings + budgets + [e for e in month if e["type"] != "OpeningBalanceRecorded"] + extractions
+    phase1 = [*openings, *budgets, *(e for e in month if e["type"] != "OpeningBalanceRecorded"), *premiums, *extractions]
 
-    gap_city, budget_city = cities[3], cities[5]
-    gap_fen = 10_000_000
     big_claim = sim.envelope("ClaimPaid", sim._at(25, 0), "settlement.anhui")
     big_claim.update(
         city=gap_city, scheme="resident", claim_id="C-epidemic-ward", institution_id=f"H{gap_city}001",
@@ -207,7 +366,7 @@ def pooling_year(sim: Simulation, events_per_city: int) -> list[tuple[str, list[
     paid = sim.paid_fen.get((budget_city, "resident"), 0)
     cut = sim.envelope("BudgetAdjusted", sim._at(26, 0), "nhsa.anhui")
     cut.update(city=budget_city, scheme="resident", fiscal_year=year,
-               income_fen=sim.base_fen[(budget_city, "resident")], expenditure_fen=paid)
+               income_fen=max(sim.base_fen[(budget_city, "resident")], paid + 500_000), expenditure_fen=paid)
     refused = sim.envelope("ClaimPaid", sim._at(26, 60), "settlement.anhui")
     refused.update(
         city=budget_city, scheme="resident", claim_id="C-over-budget", institution_id=f"H{budget_city}002",
