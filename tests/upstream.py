@@ -295,3 +295,57 @@ def split(items: list[Any], sizes: list[int]) -> list[list[Any]]:
     if start < len(items):
         batches.append(items[start:])
     return batches
+
+
+# ------------------------------------------------------------ RULES.md revision 2 messages
+
+
+def recovery(
+    city: str = HEFEI,
+    scheme: str = "resident",
+    amount_fen: int = 1_000,
+    *,
+    claim_event_id: str | None = None,
+    institution_id: str = "hosp-1",
+    institution_city: str | None = None,
+    reason: str = "fraud",
+    **envelope: Any,
+) -> dict[str, Any]:
+    """RecoveryReceived (P4): `claim_event_id` and `institution_city` left out when None."""
+    return event(
+        "RecoveryReceived",
+        **envelope,
+        city=city,
+        scheme=scheme,
+        institution_id=institution_id,
+        **({} if institution_city is None else {"institution_city": institution_city}),
+        reason=reason,
+        **({} if claim_event_id is None else {"claim_event_id": claim_event_id}),
+        amount_fen=amount_fen,
+    )
+
+
+def premium(
+    city: str = HEFEI,
+    scheme: str = "resident",
+    amount_fen: int = 1_000,
+    *,
+    insurer_id: str = "PICC-AH",
+    fiscal_year: int = 2025,
+    **envelope: Any,
+) -> dict[str, Any]:
+    """CriticalIllnessPremiumPaid (E8)."""
+    return event(
+        "CriticalIllnessPremiumPaid",
+        **envelope,
+        city=city,
+        scheme=scheme,
+        insurer_id=insurer_id,
+        fiscal_year=fiscal_year,
+        amount_fen=amount_fen,
+    )
+
+
+def personal(city: str = HEFEI) -> str:
+    """The account of a city's employee personal accounts (E6)."""
+    return f"city:{city}:employee:personal"
