@@ -70,6 +70,7 @@ def run_demo(
         ledger = open_ledger(url, policy)
         sim = Simulation(policy, seed=int(time.time()) if seed is None else seed, month=12)
         phases = pooling_year(sim, events_per_city)
+        simulated = [e for _, phase in phases for e in phase]
         first_title, first = phases[0]
         phases[0] = (first_title, with_faults(sim, first))
         ingestor = Ingestor(
@@ -102,6 +103,7 @@ def run_demo(
             "seconds": round(elapsed, 2),
             "rejections_by_reason": dict(rejections),
             "cities": city_balances(ledger, policy.cities, sim.year),
+            "revision_2_flows": revision_2_flows(ledger, simulated),
             "adjustment_funds": adjustment_funds(ledger, sim.year),
             "trial_balance": trial.as_json(),
             "database_url": without_password(url),
@@ -158,10 +160,69 @@ def adjustment_funds(ledger: Ledger, year: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: The flows of RULES.md revision 2 the simulator publishes, as the report names them.
+FLOWS = {
+    "employee_own_contribution": "employees' own contributions (E6: personal accounts)",
+    "personal_account_claim": "claims paid from personal accounts (E6)",
+    "out_of_city_claim": "claims treated in another city (E7)",
+    "medical_assistance": "medical assistance contributions (E8)",
+    "critical_illness_premium": "major-illness premiums (E8)",
+    "recovery": "recoveries from institutions (P4)",
+}
+
+
+def flow_of(event: dict[str, Any]) -> str | None:
+    """The revision 2 flow (a key of FLOWS) an upstream event belongs to, if any."""
+    kind = event.get("type")
+    if kind == "ContributionReceived":
+        if event.get("payer_kind") == "medical_assistance":
+            return "medical_assistance"
+        if (event.get("scheme"), event.get("payer_kind")) == ("employee", "individual"):
+            return "employee_own_contribution"
+    elif kind == "ClaimPaid":
+        if event.get("paid_from") == "personal_account":
+            return "personal_account_claim"
+        if event.get("institution_city") not in (None, event.get("city")):
+            return "out_of_city_claim"
+    elif kind == "CriticalIllnessPremiumPaid":
+        return "critical_illness_premium"
+    elif kind == "RecoveryReceived":
+        return "recovery"
+    return None
+
+
+def revision_2_flows(ledger: Ledger, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per revision 2 flow: the simulated events published, and those the ledger accepted (its
+    receipts) with their amount."""
+    published: Counter[str] = Counter()
+    accepted: Counter[str] = Counter()
+    accepted_fen: Counter[str] = Counter()
+    seen: set[str] = set()
+    for event in events:
+        if event["event_id"] in seen:
+            continue
+        seen.add(event["event_id"])
+        flow = flow_of(event)
+        if flow is None:
+            continue
+        published[flow] += 1
+        receipt = ledger.receipt(event["event_id"])
+        if receipt is not None and receipt.status == "accepted":
+            accepted[flow] += 1
+            accepted_fen[flow] += event["amount_fen"]
+    return [
+        {"flow": flow, "title": title, "published": published[flow], "accepted": accepted[flow],
+         "accepted_fen": accepted_fen[flow]}
+        for flow, title in FLOWS.items()
+    ]
+
+
 def city_balances(ledger: Ledger, cities: dict[str, str], year: int) -> list[dict[str, Any]]:
     rows = []
     for code, name in cities.items():
         row: dict[str, Any] = {"city": code, "name": name}
+        personal = ledger.fund(accounts.city_personal(code))
+        row["personal_balance_fen"] = personal.balance_fen if personal else 0
         for scheme in ("employee", "resident"):
             fund = ledger.fund(accounts.city_pooling(code, scheme))
             row[f"{scheme}_balance_fen"] = fund.balance_fen if fund else 0
@@ -189,14 +250,15 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
         f"{outcomes.get('accepted', 0):,} accepted, {outcomes.get('rejected', 0):,} rejected, "
         f"{outcomes.get('duplicate', 0):,} duplicates ignored"
     )
-    table = Table(title="City pooling funds (yuan; extracted to / allocated from the province, budget execution)")
-    for column in ("city", "name", "employee", "resident", "extracted", "allocated", "resident budget"):
+    table = Table(title="City pooling funds and employee personal accounts (yuan; extracted to / allocated from "
+                        "the province, budget execution)")
+    for column in ("city", "name", "employee", "personal", "resident", "extracted", "allocated", "resident budget"):
         table.add_column(column, justify="left" if column in ("city", "name") else "right")
     for row in report["cities"]:
         execution = row.get("resident_budget_execution_bp")
         table.add_row(
             row["city"], row["name"],
-            _yuan(row["employee_balance_fen"]), _yuan(row["resident_balance_fen"]),
+            _yuan(row["employee_balance_fen"]), _yuan(row["personal_balance_fen"]), _yuan(row["resident_balance_fen"]),
             _yuan(row.get("employee_extracted_fen", 0) + row.get("resident_extracted_fen", 0)),
             _yuan(row.get("resident_allocated_fen", 0)),
             f"{formulas.percent_text(execution)} %" if execution is not None else "-",
@@ -212,6 +274,12 @@ def print_report(console: Console, report: dict[str, Any], trial: TrialBalance, 
             ", ".join(f"{y}: {_yuan(v)}" for y, v in sorted(row["closed_income_fen"].items())) or "-",
         )
     console.print(funds)
+    flows = Table(title="RULES revision 2 flows (yuan accepted)")
+    for column in ("flow", "published", "accepted", "amount"):
+        flows.add_column(column, justify="left" if column == "flow" else "right")
+    for row in report["revision_2_flows"]:
+        flows.add_row(row["title"], f"{row['published']:,}", f"{row['accepted']:,}", _yuan(row["accepted_fen"]))
+    console.print(flows)
     reasons = Table(title=f"Rejections by reason (read back from {settings.rejections_topic})")
     reasons.add_column("reason")
     reasons.add_column("count", justify="right")
