@@ -39,7 +39,7 @@ SELECT notification_id,
        s->>'event_id' AS event_id,
        s->>'event_type' AS event_type,
        CASE WHEN jsonb_typeof(s->'transfer') = 'object' THEN s->'transfer' END AS t,
-       s ? 'split' AS split,
+       jsonb_typeof(s->'split') = 'object' AS split,  -- a receipt keeps `split: null` when it has none
        CASE WHEN s->>'event_type' = 'ClaimPaid' THEN s->'payload'->>'hospital_level' END AS subcategory,
        coalesce(nullif(s->'payload'->>'source', ''), 'unknown') AS source_service,
        s->'source' AS src,
@@ -138,6 +138,8 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL(_ACCEPTED).format(events=events), params)
                 accepted = cur.rowcount
+                cur.execute("SELECT max(notification_id) FROM pl_rebuild_accepted")
+                last = _first(cur.fetchone()) or 0  # the position paging would reach: a projected kind's
                 cur.execute("SELECT EXISTS (SELECT FROM pl_rebuild_accepted WHERE split)")
                 if _first(cur.fetchone()):
                     raise _SplitEvents
@@ -152,6 +154,7 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
                 for notification in ledger.stored_notifications(others_topics, PAGE_SIZE, stop=upto):
                     page.add(notification.id, ledger.mapper.to_domain_event(notification))
                     others += 1
+                    last = max(last, notification.id)
                 cur.execute(_STAGING_DDL)
                 with cur.copy("COPY pl_stage_events FROM STDIN") as copy:
                     for fate in _first_fates(page.events):
@@ -159,7 +162,7 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
                 cur.execute(_EVENTS)
                 page.events = []
                 page.write_others(cur)
-                cur.execute("UPDATE pl_tracking SET notification_id = %s WHERE projection = %s", (upto, projection))
+                cur.execute("UPDATE pl_tracking SET notification_id = %s WHERE projection = %s", (last, projection))
     except psycopg.DataError as error:  # a stored state PostgreSQL does not read as JSON
         log.warning("projection_rebuild_abandoned", error=str(error), action="projecting page by page")
         return None
@@ -167,6 +170,6 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
         log.info("projection_rebuild_skipped", reason="the store holds events booked as two transfers (E6)",
                  action="projecting page by page")
         return None
-    log.info("projection_rebuilt", notifications=accepted + others, up_to_notification_id=upto)
+    log.info("projection_rebuilt", notifications=accepted + others, up_to_notification_id=last)
     return accepted + others
 
