@@ -400,7 +400,9 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     def subsidy_reconciliation(conn: Conn, year: Year, format: Format = "json") -> Any:
         """Fiscal subsidies (RULES I3) per city, scheme and finance level in a fiscal year: paid
         against headcount x the policy's per-capita standard; `totals` for standards of several
-        levels together. A view, not a block: `headcount` is None while the read tables keep none."""
+        levels together. A view, not a block: `headcount` is the payments' own
+        (`SubsidyDisbursed.headcount`, net of reversals), None for a group where a payment came
+        without one; `headcounts_known` is false then."""
         body = queries.subsidy_reconciliation(conn, year)
         return _table(body, body["rows"], format)
 

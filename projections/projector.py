@@ -18,7 +18,7 @@ from eventsourcing.utils import get_topic
 from psycopg.types.json import Jsonb
 
 from ledger import accounts
-from ledger.aggregates import CLAIM_PREFIX, Fund, PolicyBook, Receipt
+from ledger.aggregates import CLAIM_PREFIX, SUBSIDY_PREFIX, Fund, PolicyBook, Receipt
 from ledger.application import Ledger
 from ledger.clock import business_date_of
 from projections.rebuild import rebuild_from_zero
@@ -70,6 +70,11 @@ class _Page:
         # postings whose sub-category is their original's, known once the postings are written:
         # (account, notification_id, fiscal year, category, fen)
         self.unresolved: list[tuple[str, int, int, str, int]] = []
+        # (fiscal year, city, scheme, level) -> [headcount, payments, payments without headcount]
+        # of the subsidies paid into a city's pooling fund, net of reversals
+        self.subsidy_headcounts: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        # subsidy reversals, whose headcount is their original's: (account, notification_id, key, fen)
+        self.unresolved_headcounts: list[tuple[str, int, tuple[int, str, str, str], int]] = []
         self.events: list[tuple[Any, ...]] = []
         self.rejections: dict[tuple[str, str], int] = defaultdict(int)
         self.budgets: list[tuple[Any, ...]] = []
@@ -102,6 +107,7 @@ class _Page:
         if transfer is None:
             return
         subcategory = payload.get("hospital_level") if event.event_type == "ClaimPaid" else None
+        headcount = payload.get("headcount") if event.event_type == "SubsidyDisbursed" else None
         # One posting per account and event (the table's key): the two transfers of a split
         # event (E6) share their payer's account, whose postings add up.
         postings: dict[str, list[Any]] = {}
@@ -122,10 +128,12 @@ class _Page:
                         notification_id, event.event_id, event.event_type, account, counter, amount,
                         booked["category"], subcategory, booked.get("reversal_of"),
                         booked["fiscal_year"], occurred_at, day, bool(booked.get("prior_year_adjustment")),
+                        headcount,
                     ]
                 self.balances[account] += amount
                 self.daily[(account, day)] += amount
                 self._total(notification_id, account, booked, subcategory, amount, day)
+                self._subsidy(notification_id, account, booked, headcount, amount)
         self.postings.extend(tuple(p) for p in postings.values())
         if event.event_type == "OpeningBalanceRecorded":
             self.openings.append(
@@ -150,21 +158,51 @@ class _Page:
         total[0] += amount
         total[1] += 1
 
-    def _resolve_subcategories(self, cur: psycopg.Cursor[Any]) -> None:
-        """A reversal's postings take their original's sub-category in SQL (see `write`): read it back."""
-        if not self.unresolved:
+    def _subsidy(
+        self, notification_id: int, account: str, transfer: dict[str, Any], headcount: int | None, amount: int
+    ) -> None:
+        """Adds a subsidy's posting on a city's pooling fund to the headcounts (I3's reconciliation)."""
+        category = transfer["category"]
+        if not category.startswith(SUBSIDY_PREFIX):
+            return
+        name = accounts.AccountName.parse(account)
+        if name.kind != "city_pooling":
+            return
+        key = (transfer["fiscal_year"], name.city or "", name.scheme or "", category.removeprefix(SUBSIDY_PREFIX))
+        if transfer.get("reversal_of"):
+            self.unresolved_headcounts.append((account, notification_id, key, amount))
+        else:
+            self._count_subsidy(key, headcount, amount)
+
+    def _count_subsidy(self, key: tuple[int, str, str, str], headcount: int | None, amount: int) -> None:
+        """A reversal (a debit of the fund) takes its headcount off."""
+        counts = self.subsidy_headcounts[key]
+        if headcount is None:
+            counts[2] += 1
+        else:
+            counts[0] += headcount if amount > 0 else -headcount
+        counts[1] += 1
+
+    def _resolve_reversals(self, cur: psycopg.Cursor[Any]) -> None:
+        """A reversal's postings take their original's sub-category and headcount in SQL (see
+        `write`): read them back."""
+        keys = [(u[0], u[1]) for u in self.unresolved] + [(u[0], u[1]) for u in self.unresolved_headcounts]
+        if not keys:
             return
         cur.execute(
-            "SELECT p.account, p.notification_id, coalesce(p.subcategory, '') FROM pl_postings p"
+            "SELECT p.account, p.notification_id, coalesce(p.subcategory, ''), p.headcount FROM pl_postings p"
             " JOIN unnest(%s::text[], %s::bigint[]) AS k(account, notification_id)"
             " ON p.account = k.account AND p.notification_id = k.notification_id",
-            ([u[0] for u in self.unresolved], [u[1] for u in self.unresolved]),
+            ([a for a, _ in keys], [n for _, n in keys]),
         )
-        subcategories = {(a, n): s for a, n, s in cur.fetchall()}
+        originals = {(a, n): (s, h) for a, n, s, h in cur.fetchall()}
         for account, notification_id, fiscal_year, category, amount in self.unresolved:
-            total = self.year_totals[(fiscal_year, account, category, subcategories[(account, notification_id)])]
+            subcategory = originals[(account, notification_id)][0]
+            total = self.year_totals[(fiscal_year, account, category, subcategory)]
             total[0] += amount
             total[1] += 1
+        for account, notification_id, key, amount in self.unresolved_headcounts:
+            self._count_subsidy(key, originals[(account, notification_id)][1], amount)
 
     def _fate(
         self, notification_id: int, event: Any, status: str, reason: str | None, detail: str | None
@@ -198,21 +236,23 @@ class _Page:
             with cur.copy("COPY pl_stage_postings FROM STDIN") as copy:
                 for row in self.postings:
                     copy.write_row(row)
-            # A reversal nets out of its original's sub-category (the hospital level of a claim),
-            # which only the original's posting knows: found through the original's fate, once
-            # the originals (maybe of this very page) are in.
+            # A reversal nets out of its original's sub-category (the hospital level of a claim)
+            # and headcount (a subsidy's), which only the original's posting knows: found through
+            # the original's fate, once the originals (maybe of this very page) are in.
             for reversals in (False, True):
                 cur.execute(
                     "INSERT INTO pl_postings SELECT s.notification_id, s.event_id, s.event_type,"
-                    " s.account, s.counter_account, s.amount_fen, s.category, coalesce(s.subcategory,"
-                    " (SELECT o.subcategory FROM pl_events e JOIN pl_postings o"
+                    " s.account, s.counter_account, s.amount_fen, s.category,"
+                    " coalesce(s.subcategory, o.subcategory), s.fiscal_year, s.occurred_at, s.business_date,"
+                    " s.prior_year_adjustment, coalesce(s.headcount, o.headcount)"
+                    " FROM pl_stage_postings s LEFT JOIN LATERAL (SELECT o.subcategory, o.headcount"
+                    "  FROM pl_events e JOIN pl_postings o"
                     "  ON o.account = s.account AND o.notification_id = e.notification_id"
-                    "  WHERE e.event_id = s.reversal_of LIMIT 1)),"
-                    " s.fiscal_year, s.occurred_at, s.business_date, s.prior_year_adjustment"
-                    " FROM pl_stage_postings s WHERE (s.reversal_of IS NOT NULL) = %s",
+                    "  WHERE e.event_id = s.reversal_of LIMIT 1) o ON true"
+                    " WHERE (s.reversal_of IS NOT NULL) = %s",
                     (reversals,),
                 )
-            self._resolve_subcategories(cur)
+            self._resolve_reversals(cur)
             self.write_others(cur)
 
     def write_others(self, cur: psycopg.Cursor[Any]) -> None:
@@ -258,6 +298,15 @@ class _Page:
             "INSERT INTO pl_closed_years VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", self.closed_years
         )
         cur.executemany("INSERT INTO pl_policies VALUES (%s,%s,%s)", self.policies)
+        cur.executemany(
+            "INSERT INTO pl_subsidy_headcounts VALUES (%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (fiscal_year, city, scheme, level) DO UPDATE SET"
+            " headcount = pl_subsidy_headcounts.headcount + EXCLUDED.headcount,"
+            " payments = pl_subsidy_headcounts.payments + EXCLUDED.payments,"
+            " payments_without_headcount = pl_subsidy_headcounts.payments_without_headcount"
+            " + EXCLUDED.payments_without_headcount",
+            [(*k, *v) for k, v in sorted(self.subsidy_headcounts.items())],
+        )
 
 
 #: The staging tables of one page (this session's, emptied at commit).
@@ -266,7 +315,7 @@ _STAGING_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS pl_stage_postings ("
     " notification_id bigint, event_id text, event_type text, account text, counter_account text,"
     " amount_fen bigint, category text, subcategory text, reversal_of text, fiscal_year integer,"
-    " occurred_at timestamptz, business_date date, prior_year_adjustment boolean)"
+    " occurred_at timestamptz, business_date date, prior_year_adjustment boolean, headcount integer)"
     " ON COMMIT DELETE ROWS"
 )
 

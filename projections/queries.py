@@ -598,8 +598,10 @@ def subsidy_reconciliation(conn: Conn, year: int) -> dict[str, Any]:
     what the subsidies of fiscal year `year` paid (net of reversals) against headcount x the
     per-capita standard of the policy in force at the year's end.
 
-    The read tables keep no `SubsidyDisbursed.headcount` (pl_postings holds the transfer, not the
-    payload), so `headcount` and what depends on it are None until the projector stores it.
+    The headcount is `SubsidyDisbursed.headcount`, summed per group net of reversals
+    (pl_subsidy_headcounts). A group has one only when every payment in it carried one (and
+    every payment is counted there: subsidies projected before that table existed are not);
+    `headcounts_known` says whether every group that was paid has one.
     """
     policy = policy_in_force(conn, date(year, 12, 31))
     paid: dict[SubsidyKey, tuple[int, int]] = {}
@@ -610,16 +612,27 @@ def subsidy_reconciliation(conn: Conn, year: int) -> dict[str, Any]:
     ):
         name = accounts.AccountName.parse(account)
         paid[(name.city or "", name.scheme or "", category.removeprefix(SUBSIDY_PREFIX))] = (int(fen), int(n))
-    return reconcile_subsidies(policy, year, paid, None)
+    headcounts: dict[SubsidyKey, int] = {}
+    for city, scheme, level, headcount, payments, without in conn.execute(
+        "SELECT city, scheme, level, headcount, payments, payments_without_headcount"
+        " FROM pl_subsidy_headcounts WHERE fiscal_year = %s",
+        (year,),
+    ):
+        key = (city, scheme, level)
+        if without == 0 and payments == paid.get(key, (0, 0))[1]:
+            headcounts[key] = int(headcount)
+    known = all(key in headcounts for key, (_, postings) in paid.items() if postings)
+    return reconcile_subsidies(policy, year, paid, headcounts, known)
 
 
 def reconcile_subsidies(
     policy: Policy | None, year: int, paid: dict[SubsidyKey, tuple[int, int]],
-    headcounts: dict[SubsidyKey, int] | None,
+    headcounts: dict[SubsidyKey, int] | None, headcounts_known: bool | None = None,
 ) -> dict[str, Any]:
     """The reconciliation of `subsidy_reconciliation` from its inputs: `paid` (net fen and postings
     per city, scheme and level) and `headcounts` (the people the payments were for, per city,
-    scheme and level; None: not known at all, so no expectation can be formed).
+    scheme and level, where known; None: not known at all, so no expectation can be formed).
+    `headcounts_known` is reported as given (None: whether `headcounts` is not None).
 
     A row for every city of the policy and level that has a standard for `year`, and for every
     group that was paid. `expected_low_fen`/`expected_high_fen` are headcount x the lowest and the
@@ -669,7 +682,7 @@ def reconcile_subsidies(
     return {
         "fiscal_year": year,
         "policy": {"name": policy.name, "effective_from": policy.effective_from.isoformat()} if policy else None,
-        "headcounts_known": headcounts is not None,
+        "headcounts_known": headcounts is not None if headcounts_known is None else headcounts_known,
         "rows": rows,
         "totals": total_rows,
     }

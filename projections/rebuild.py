@@ -41,6 +41,7 @@ SELECT notification_id,
        CASE WHEN jsonb_typeof(s->'transfer') = 'object' THEN s->'transfer' END AS t,
        jsonb_typeof(s->'split') = 'object' AS split,  -- a receipt keeps `split: null` when it has none
        CASE WHEN s->>'event_type' = 'ClaimPaid' THEN s->'payload'->>'hospital_level' END AS subcategory,
+       CASE WHEN s->>'event_type' = 'SubsidyDisbursed' THEN (s->'payload'->>'headcount')::integer END AS headcount,
        coalesce(nullif(s->'payload'->>'source', ''), 'unknown') AS source_service,
        s->'source' AS src,
        CASE WHEN s->>'event_type' = 'OpeningBalanceRecorded' THEN s->'payload' END AS opening
@@ -49,14 +50,15 @@ FROM (SELECT notification_id, convert_from(state, 'UTF8')::jsonb AS s
 """
 
 # Both legs of every transfer: credit positive, debit negative. A reversal takes its
-# original's sub-category (the hospital level of a claim), hence the second statement.
+# original's sub-category (the hospital level of a claim) and headcount (a subsidy's), hence
+# the second statement.
 _POSTINGS = """
 INSERT INTO pl_postings
 SELECT a.notification_id, a.event_id, a.event_type, leg.account, leg.counter,
        leg.sign * (a.t->>'amount_fen')::bigint, a.t->>'category', {subcategory},
        (a.t->>'fiscal_year')::integer, (a.t->>'occurred_at')::timestamptz,
        (((a.t->>'occurred_at')::timestamptz AT TIME ZONE 'UTC') + interval '8 hours')::date,
-       coalesce((a.t->>'prior_year_adjustment')::boolean, false)
+       coalesce((a.t->>'prior_year_adjustment')::boolean, false), {headcount}
 FROM pl_rebuild_accepted a
 CROSS JOIN LATERAL (VALUES (a.t->>'credit_account', a.t->>'debit_account', 1),
                            (a.t->>'debit_account', a.t->>'credit_account', -1)) AS leg(account, counter, sign)
@@ -65,6 +67,10 @@ WHERE a.t IS NOT NULL AND {which}
 _ORIGINAL_SUBCATEGORY = (
     "coalesce(a.subcategory, (SELECT o.subcategory FROM pl_rebuild_accepted orig"
     " JOIN pl_postings o ON o.account = leg.account AND o.notification_id = orig.notification_id"
+    " WHERE orig.event_id = a.t->>'reversal_of' LIMIT 1))"
+)
+_ORIGINAL_HEADCOUNT = (
+    "coalesce(a.headcount, (SELECT orig.headcount FROM pl_rebuild_accepted orig"
     " WHERE orig.event_id = a.t->>'reversal_of' LIMIT 1))"
 )
 
@@ -78,6 +84,11 @@ FROM pl_postings GROUP BY 1, 2, 3, 4;
 INSERT INTO pl_account_monthly_claims
 SELECT account, date_trunc('month', business_date)::date, sum(amount_fen), count(*)
 FROM pl_postings WHERE category LIKE 'claim.%%' GROUP BY 1, 2;
+INSERT INTO pl_subsidy_headcounts
+SELECT fiscal_year, split_part(account, ':', 2), split_part(account, ':', 3),
+       substr(category, length('subsidy.') + 1), coalesce(sum(sign(amount_fen) * headcount), 0),
+       count(*), count(*) FILTER (WHERE headcount IS NULL)
+FROM pl_postings WHERE account LIKE 'city:%%:pooling' AND category LIKE 'subsidy.%%' GROUP BY 1, 2, 3, 4;
 INSERT INTO pl_openings
 SELECT DISTINCT ON (t->>'credit_account') t->>'credit_account', (opening->>'fiscal_year')::integer,
        (opening->>'balance_fen')::bigint, (opening->>'previous_year_income_fen')::bigint
@@ -144,11 +155,13 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
                 if _first(cur.fetchone()):
                     raise _SplitEvents
                 cur.execute(sql.SQL(_POSTINGS).format(
-                    subcategory=sql.SQL("a.subcategory"), which=sql.SQL("a.t->>'reversal_of' IS NULL")))
+                    subcategory=sql.SQL("a.subcategory"), headcount=sql.SQL("a.headcount"),
+                    which=sql.SQL("a.t->>'reversal_of' IS NULL")))
                 cur.execute("CREATE INDEX ON pl_rebuild_accepted (event_id)")  # reversals find originals
                 cur.execute("ANALYZE pl_rebuild_accepted")
                 cur.execute(sql.SQL(_POSTINGS).format(
-                    subcategory=sql.SQL(_ORIGINAL_SUBCATEGORY), which=sql.SQL("a.t->>'reversal_of' IS NOT NULL")))
+                    subcategory=sql.SQL(_ORIGINAL_SUBCATEGORY), headcount=sql.SQL(_ORIGINAL_HEADCOUNT),
+                    which=sql.SQL("a.t->>'reversal_of' IS NOT NULL")))
                 cur.execute(_TOTALS)
                 page, others = _Page(), 0
                 for notification in ledger.stored_notifications(others_topics, PAGE_SIZE, stop=upto):

@@ -22,7 +22,7 @@ READER_ROLE = "pooling_reader"
 READ_TABLES = (
     "pl_tracking", "pl_postings", "pl_account_balances", "pl_account_daily", "pl_events",
     "pl_rejections", "pl_budgets", "pl_openings", "pl_closed_years", "pl_policies",
-    "pl_account_year_totals", "pl_account_monthly_claims", EVENTS_TABLE,
+    "pl_account_year_totals", "pl_account_monthly_claims", "pl_subsidy_headcounts", EVENTS_TABLE,
 )
 
 

@@ -23,6 +23,17 @@ CREATE TABLE IF NOT EXISTS pl_postings (
     PRIMARY KEY (account, notification_id)
 );
 CREATE INDEX IF NOT EXISTS pl_postings_account_time ON pl_postings (account, occurred_at);
+-- The people a subsidy paid for (SubsidyDisbursed.headcount), on both legs; a reversal's is
+-- its original's. NULL for every other movement and for a subsidy sent without one. Added
+-- after the table (the last column in a fresh store too, so both have the same order), and
+-- only where missing (ALTER TABLE would take an exclusive lock on every start).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pl_postings'::regclass
+                   AND attname = 'headcount' AND NOT attisdropped) THEN
+        ALTER TABLE pl_postings ADD COLUMN headcount integer;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS pl_postings_year ON pl_postings (fiscal_year, account);
 
 CREATE TABLE IF NOT EXISTS pl_account_balances (
@@ -114,6 +125,20 @@ CREATE TABLE IF NOT EXISTS pl_account_monthly_claims (
     PRIMARY KEY (account, month)
 );
 
+-- I3 as a view: per fiscal year, city, scheme and finance level, the headcounts of the subsidies
+-- paid into the city's pooling fund (categories `subsidy.*`), net of reversals (a reversal takes
+-- its original's off), beside how many such postings there were and how many had no headcount.
+CREATE TABLE IF NOT EXISTS pl_subsidy_headcounts (
+    fiscal_year integer NOT NULL,
+    city text NOT NULL,
+    scheme text NOT NULL,
+    level text NOT NULL,
+    headcount bigint NOT NULL,
+    payments bigint NOT NULL,
+    payments_without_headcount bigint NOT NULL,
+    PRIMARY KEY (fiscal_year, city, scheme, level)
+);
+
 -- A store projected before these tables existed gets them filled from its postings once
 -- (no page may land in between: hence the lock). Every posting has a year total, so empty
 -- year totals beside postings mean exactly that.
@@ -127,4 +152,13 @@ INSERT INTO pl_account_year_totals
 SELECT fiscal_year, account, category, coalesce(subcategory, ''), sum(amount_fen), count(*)
 FROM pl_postings
 WHERE NOT EXISTS (SELECT FROM pl_account_year_totals)
+GROUP BY 1, 2, 3, 4;
+-- Subsidies projected before pl_subsidy_headcounts existed kept no headcount: counted as
+-- payments without one (a rebuild from zero reads them from the receipts).
+INSERT INTO pl_subsidy_headcounts
+SELECT fiscal_year, split_part(account, ':', 2), split_part(account, ':', 3),
+       substr(category, length('subsidy.') + 1), 0, sum(postings), sum(postings)
+FROM pl_account_year_totals
+WHERE account LIKE 'city:%:pooling' AND category LIKE 'subsidy.%'
+  AND NOT EXISTS (SELECT FROM pl_subsidy_headcounts)
 GROUP BY 1, 2, 3, 4;

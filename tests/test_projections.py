@@ -409,7 +409,7 @@ def year_ledger(database_url: str) -> tuple[Ledger, Model, Feed]:
 READ_TABLES = (
     "pl_postings", "pl_account_balances", "pl_account_daily", "pl_events", "pl_rejections",
     "pl_budgets", "pl_openings", "pl_closed_years", "pl_policies", "pl_account_year_totals",
-    "pl_account_monthly_claims", "pl_tracking",
+    "pl_account_monthly_claims", "pl_subsidy_headcounts", "pl_tracking",
 )
 
 
@@ -418,7 +418,23 @@ def test_a_rebuild_from_zero_fills_the_read_tables_as_paging_does(
 ) -> None:
     """The set-based rebuild (projections.rebuild) against page-by-page projection, which the
     test above holds to the test's own model: every row of every read table the same."""
-    ledger, model, _ = year_ledger
+    ledger, model, feed = year_ledger
+    # subsidies with and without a headcount (the simulator sends none), one reversed pages later,
+    # and a 2025 subsidy of the generated year reversed after its year's close
+    city, at = model.cities[4], "2026-02-20T10:00:00+08:00"
+
+    def subsidy(amount_fen: int, **headcount: int) -> dict[str, Any]:
+        return upstream.subsidy(city, "resident", amount_fen, level="central", occurred_at=at,
+                                source="finance.anhui", **headcount)
+
+    counted = subsidy(40 * 48_800, headcount=40)
+    generated = next(e for e, t in model.transfers.items() if t[3].startswith("subsidy.") and t[5] == 2025)
+    extra = [counted, subsidy(5_000), subsidy(7 * 48_800, headcount=7),
+             *(contribution(city, "resident", 100, at) for _ in range(40)),  # more than a page of 37
+             reversal(counted, "2026-02-21T10:00:00+08:00"), upstream.reversal(
+                 generated, reason="booked in error", occurred_at="2026-02-21T10:00:00+08:00", source="nhsa.anhui")]
+    assert [o.status for o in feed.send(extra)] == ["accepted"] * len(extra)
+    model.feed(extra)
 
     def tables() -> dict[str, list[tuple[Any, ...]]]:
         with read(database_url) as conn:
@@ -427,6 +443,8 @@ def test_a_rebuild_from_zero_fills_the_read_tables_as_paging_does(
     paged_count = project(database_url, ledger, page_size=37, rebuild=False)
     paged = tables()
     assert len(paged["pl_postings"]) == 2 * len(model.transfers)
+    # (fiscal year, city, scheme, level, headcount, payments, payments without headcount)
+    assert (2026, city, "resident", "central", 40 + 7 - 40, 4, 1) in paged["pl_subsidy_headcounts"]
     with psycopg.connect(database_url) as conn:
         conn.execute("TRUNCATE " + ", ".join(t for t in READ_TABLES if t != "pl_tracking"))
         conn.execute("UPDATE pl_tracking SET notification_id = 0")

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -26,12 +27,14 @@ from fastapi.testclient import TestClient
 from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from projections.api import create_app
-from projections.queries import reconcile_subsidies
+from projections.projector import PROJECTION_NAME, Projector
+from projections.queries import reconcile_subsidies, subsidy_reconciliation
+from projections.rebuild import rebuild_from_zero
 from projections.roles import ensure_reader_role, reader_url
 from schemas.policy import Policy, SubsidyLevel, SubsidyStandard, SubsidyTotalStandard
 from storage import open_ledger
 from tests import upstream
-from tests.test_projections import Feed, claim, contribution, project, reversal
+from tests.test_projections import READ_TABLES, Feed, claim, contribution, project, reversal
 
 TOKEN = "rev2-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -168,7 +171,7 @@ def test_the_major_illness_premium_is_listed_under_the_citys_expenditure_and_cou
 
 
 def test_the_reconciliation_compares_paid_with_headcount_times_the_standard() -> None:
-    """The computation on its own inputs (the read tables keep no headcount yet)."""
+    """The computation on its own inputs."""
     policy = standards_policy().model_copy(update={"cities": {HEFEI: "Hefei", WUHU: "Wuhu", BENGBU: "Bengbu"}})
     paid = {
         (HEFEI, "resident", "central"): (48_800_000, 1),
@@ -211,55 +214,155 @@ def test_the_reconciliation_compares_paid_with_headcount_times_the_standard() ->
     assert reconcile_subsidies(policy, 2025, paid, headcounts)["totals"] == []  # no 2025 standard
 
 
+def reset_read_tables(database_url: str) -> None:
+    """The read tables emptied and the projection back at zero (the reader keeps its grants)."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("TRUNCATE " + ", ".join(t for t in READ_TABLES if t != "pl_tracking"))
+        conn.execute("UPDATE pl_tracking SET notification_id = 0")
+
+
 @pytest.mark.integration
 def test_subsidy_reconciliation_reads_what_each_level_paid_against_the_policys_standard(database_url: str) -> None:
+    """Headcounts are the payments' own, net of reversals; the same figures whether the read tables
+    were fed as the events came (page by page), rebuilt from zero set-based, or paged from zero."""
     with served_ledger(database_url, standards_policy()) as views:
-        reversed_one = subsidy(WUHU, "central", 50 * CENTRAL_FEN, "2026-02-11T10:00:00+08:00", headcount=50)
+        reversed_same_page = subsidy(WUHU, "central", 50 * CENTRAL_FEN, "2026-02-11T10:00:00+08:00", headcount=50)
+        reversed_later = subsidy(BENGBU, "central", 20 * CENTRAL_FEN, "2026-02-11T10:00:00+08:00", headcount=20)
         views.send(
             subsidy(HEFEI, "central", 1_000 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=1_000),
             subsidy(HEFEI, "provincial", 1_000 * PROVINCIAL_LOW_FEN, "2026-02-10T10:00:00+08:00", headcount=1_000),
-            subsidy(WUHU, "central", 300 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=300),
-            reversed_one,
-            reversal(reversed_one, "2026-02-12T10:00:00+08:00"),
-            subsidy(BENGBU, "city", 12_345, "2026-02-10T10:00:00+08:00"),
-            subsidy(HEFEI, "central", 1_000, "2025-06-01T10:00:00+08:00"),  # fiscal 2025: no standard
+            # I3 lets an amount stray 1 fen (the standard's rounding tolerance) from headcount x standard
+            subsidy(WUHU, "central", 300 * CENTRAL_FEN - 1, "2026-02-10T10:00:00+08:00", headcount=300),
+            reversed_same_page,
+            reversal(reversed_same_page, "2026-02-12T10:00:00+08:00"),
+            subsidy(WUHU, "provincial", 200 * PROVINCIAL_HIGH_FEN + 1, "2026-02-10T10:00:00+08:00", headcount=200),
+            subsidy(BENGBU, "city", 12_345, "2026-02-10T10:00:00+08:00", headcount=7),
+            reversed_later,
+            subsidy(HEFEI, "central", 1_000, "2025-06-01T10:00:00+08:00"),  # fiscal 2025: no standard, no headcount
         )
+        views.send(reversal(reversed_later, "2026-02-13T10:00:00+08:00"))  # its original in an earlier page
+
         body = views.get("/v1/subsidies/reconciliation", year=2026)
         assert body["fiscal_year"] == 2026
         assert body["policy"] == {"name": "Anhui with 2026 subsidy standards (test)", "effective_from": "2020-01-01"}
-        assert body["headcounts_known"] is False  # the read tables keep no headcount
         cities = list(load_packaged_policy().cities)
-        rows = {(r["city"], r["scheme"], r["level"]): r for r in body["rows"]}
         # every city at both levels with a standard, and Bengbu's city level, which was paid
         expected_keys = []
         for city in cities:
             expected_keys += [(city, "resident", "central"), (city, "resident", "provincial")]
             if city == BENGBU:
                 expected_keys.append((city, "resident", "city"))
-        assert list(rows) == expected_keys
 
-        def paid(key: tuple[str, str, str]) -> tuple[int, int, int | None, int | None]:
-            row = rows[key]
-            assert (row["headcount"], row["expected_low_fen"], row["difference_fen"]) == (None, None, None)
-            return row["paid_fen"], row["postings"], row["per_capita_low_fen"], row["per_capita_high_fen"]
+        def figures(row: dict[str, Any]) -> tuple[Any, ...]:
+            return (row["paid_fen"], row["postings"], row["headcount"], row["per_capita_low_fen"],
+                    row["per_capita_high_fen"], row["expected_low_fen"], row["expected_high_fen"],
+                    row["difference_fen"])
 
-        assert paid((HEFEI, "resident", "central")) == (1_000 * CENTRAL_FEN, 1, CENTRAL_FEN, CENTRAL_FEN)
-        assert paid((HEFEI, "resident", "provincial")) == (
-            1_000 * PROVINCIAL_LOW_FEN, 1, PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN)
-        assert paid((WUHU, "resident", "central")) == (300 * CENTRAL_FEN, 3, CENTRAL_FEN, CENTRAL_FEN)
-        assert paid((WUHU, "resident", "provincial")) == (0, 0, PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN)
-        assert paid((BENGBU, "resident", "city")) == (12_345, 1, None, None)
-        assert rows[(HEFEI, "resident", "central")]["name"] == "Hefei"
-        totals = {r["city"]: r for r in body["totals"]}
-        assert len(totals) == len(cities)
-        assert totals[HEFEI]["paid_fen"] == 1_000 * CENTRAL_FEN + 1_000 * PROVINCIAL_LOW_FEN
-        assert totals[HEFEI]["per_capita_low_fen"] == TOGETHER_FEN
+        # (paid, postings, headcount, per capita low, high, expected low, high, difference)
+        expected = {
+            (HEFEI, "resident", "central"): (1_000 * CENTRAL_FEN, 1, 1_000, CENTRAL_FEN, CENTRAL_FEN,
+                                             1_000 * CENTRAL_FEN, 1_000 * CENTRAL_FEN, 0),
+            (HEFEI, "resident", "provincial"): (1_000 * PROVINCIAL_LOW_FEN, 1, 1_000, PROVINCIAL_LOW_FEN,
+                                                PROVINCIAL_HIGH_FEN, 1_000 * PROVINCIAL_LOW_FEN,
+                                                1_000 * PROVINCIAL_HIGH_FEN, 0),
+            # 300 + 50 - 50 people; paid 1 fen short of 300 x 488 yuan
+            (WUHU, "resident", "central"): (300 * CENTRAL_FEN - 1, 3, 300, CENTRAL_FEN, CENTRAL_FEN,
+                                            300 * CENTRAL_FEN, 300 * CENTRAL_FEN, -1),
+            # 1 fen above the top of 200 x 61..91.5 yuan
+            (WUHU, "resident", "provincial"): (200 * PROVINCIAL_HIGH_FEN + 1, 1, 200, PROVINCIAL_LOW_FEN,
+                                               PROVINCIAL_HIGH_FEN, 200 * PROVINCIAL_LOW_FEN,
+                                               200 * PROVINCIAL_HIGH_FEN, 1),
+            # paid and taken back: nobody, nothing expected
+            (BENGBU, "resident", "central"): (0, 2, 20 - 20, CENTRAL_FEN, CENTRAL_FEN, 0, 0, 0),
+            (BENGBU, "resident", "provincial"): (0, 0, None, PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN,
+                                                 None, None, None),
+            (BENGBU, "resident", "city"): (12_345, 1, 7, None, None, None, None, None),  # no standard
+        }
+        # (paid, postings, headcount, expected, difference) of central + provincial against 610 yuan a head
+        expected_totals = {
+            HEFEI: (1_000 * CENTRAL_FEN + 1_000 * PROVINCIAL_LOW_FEN, 2, 1_000, 1_000 * TOGETHER_FEN,
+                    1_000 * CENTRAL_FEN + 1_000 * PROVINCIAL_LOW_FEN - 1_000 * TOGETHER_FEN),
+            # the largest headcount of the two levels: 300 (the levels pay for the same people)
+            WUHU: (300 * CENTRAL_FEN - 1 + 200 * PROVINCIAL_HIGH_FEN + 1, 4, 300, 300 * TOGETHER_FEN,
+                   300 * CENTRAL_FEN + 200 * PROVINCIAL_HIGH_FEN - 300 * TOGETHER_FEN),
+            BENGBU: (0, 2, 0, 0, 0),
+        }
+
+        per_capita = {"central": (CENTRAL_FEN, CENTRAL_FEN), "provincial": (PROVINCIAL_LOW_FEN, PROVINCIAL_HIGH_FEN)}
+
+        def check(body: dict[str, Any]) -> None:
+            assert body["headcounts_known"] is True  # every 2026 payment came with its headcount
+            rows = {(r["city"], r["scheme"], r["level"]): r for r in body["rows"]}
+            assert list(rows) == expected_keys
+            for key in expected_keys:
+                want = expected[key] if key in expected else (0, 0, None, *per_capita[key[2]], None, None, None)
+                assert figures(rows[key]) == want, key
+            assert rows[(HEFEI, "resident", "central")]["name"] == "Hefei"
+            totals = {r["city"]: r for r in body["totals"]}
+            assert list(totals) == cities
+            for city, total in totals.items():
+                assert total["per_capita_low_fen"] == total["per_capita_high_fen"] == TOGETHER_FEN
+                paid_fen, postings, headcount, expected_fen, difference = expected_totals.get(
+                    city, (0, 0, None, None, None))
+                assert (total["paid_fen"], total["postings"], total["headcount"], total["expected_low_fen"],
+                        total["expected_high_fen"], total["difference_fen"]) == (
+                    paid_fen, postings, headcount, expected_fen, expected_fen, difference), city
+
+        check(body)
         assert views.csv("/v1/subsidies/reconciliation", year=2026) == as_cells(body["rows"])
-
         last_year = views.get("/v1/subsidies/reconciliation", year=2025)
-        assert [(r["city"], r["level"], r["paid_fen"], r["per_capita_low_fen"]) for r in last_year["rows"]] == [
-            (HEFEI, "central", 1_000, None)]
+        assert last_year["headcounts_known"] is False  # its one payment came without a headcount
+        assert [(r["city"], r["level"], r["paid_fen"], r["headcount"], r["per_capita_low_fen"])
+                for r in last_year["rows"]] == [(HEFEI, "central", 1_000, None, None)]
         assert last_year["totals"] == []
+
+        # the same figures from the read tables rebuilt from zero (set-based), then paged from zero,
+        # read as the read role does (the API would answer from its cache: same position)
+        for rebuild in (True, False):
+            reset_read_tables(database_url)
+            projector = Projector(views.ledger, database_url, page_size=2, rebuild=rebuild)
+            try:
+                rebuilt = rebuild_from_zero(projector.conn, views.ledger, PROJECTION_NAME) if rebuild else None
+                assert (rebuilt is not None) == rebuild  # rebuilt set-based, or not at all
+                projector.run_until_caught_up()
+            finally:
+                projector.close()
+            with psycopg.connect(reader_url(database_url)) as conn:
+                check(subsidy_reconciliation(conn, 2026))
+                assert subsidy_reconciliation(conn, 2025)["headcounts_known"] is False
+
+
+@pytest.mark.integration
+def test_a_store_projected_before_headcounts_were_kept_reports_them_unknown(database_url: str) -> None:
+    """An existing projection gains pl_subsidy_headcounts with its subsidies counted as payments
+    without a headcount (their receipts are only read again by a rebuild from zero)."""
+    with served_ledger(database_url, standards_policy()) as views:
+        views.send(subsidy(HEFEI, "central", 10 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=10),
+                   subsidy(HEFEI, "central", 5 * CENTRAL_FEN, "2026-02-10T10:00:00+08:00", headcount=5))
+        with psycopg.connect(database_url) as conn:  # as the store was before: no table, no column
+            conn.execute("DROP TABLE pl_subsidy_headcounts")
+            conn.execute("ALTER TABLE pl_postings DROP COLUMN headcount")
+        project(database_url, views.ledger)  # ensure_schema adds both
+        ensure_reader_role(database_url)
+        with psycopg.connect(reader_url(database_url)) as conn:
+            body = subsidy_reconciliation(conn, 2026)
+            assert conn.execute("SELECT * FROM pl_subsidy_headcounts").fetchall() == [
+                (2026, HEFEI, "resident", "central", 0, 2, 2)]
+        row = next(r for r in body["rows"] if (r["city"], r["level"]) == (HEFEI, "central"))
+        assert (row["paid_fen"], row["headcount"], row["difference_fen"]) == (15 * CENTRAL_FEN, None, None)
+        assert body["headcounts_known"] is False
+        # a new payment is counted with its headcount, the old ones still without
+        views.send(subsidy(HEFEI, "central", 3 * CENTRAL_FEN, "2026-02-11T10:00:00+08:00", headcount=3))
+        with psycopg.connect(reader_url(database_url)) as conn:
+            assert conn.execute("SELECT * FROM pl_subsidy_headcounts").fetchall() == [
+                (2026, HEFEI, "resident", "central", 3, 3, 2)]
+        # a rebuild from zero reads every receipt's headcount again
+        reset_read_tables(database_url)
+        project(database_url, views.ledger)
+        with psycopg.connect(reader_url(database_url)) as conn:
+            assert conn.execute("SELECT * FROM pl_subsidy_headcounts").fetchall() == [
+                (2026, HEFEI, "resident", "central", 10 + 5 + 3, 3, 0)]
+            assert subsidy_reconciliation(conn, 2026)["headcounts_known"] is True
 
 
 # -- the routes: documented, behind the token --------------------------------------------------------
