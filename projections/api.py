@@ -378,7 +378,8 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
     @app.get("/v1/out-of-city", dependencies=v1, tags=["balances"])
     def out_of_city(conn: Conn, year: Year, format: Format = "json") -> Any:
         """Treatment in another city (RULES E7): what each city's funds paid the institutions of
-        other cities in a fiscal year, per scheme, net of reversals."""
+        other cities in a fiscal year, per scheme, net of reversals; the employee scheme's figures
+        include the claims paid from the city's personal accounts (E6)."""
         body = queries.out_of_city(conn, year)
         return _table(body, body["rows"], format)
 

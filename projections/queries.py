@@ -518,11 +518,12 @@ def metrics_text(conn: Conn) -> str:
 
 def out_of_city(conn: Conn, year: int) -> dict[str, Any]:
     """E7: what each city's funds paid for treatment in another city, per scheme (net of
-    reversals): the insured city x treatment city matrix of a fiscal year."""
+    reversals): the insured city x treatment city matrix of a fiscal year. The employee scheme's
+    cells count the claims paid from the city's personal accounts (E6) with its pooling fund's."""
     rows = conn.execute(
         "SELECT split_part(account, ':', 2), split_part(account, ':', 3),"
         " split_part(counter_account, ':', 3), -sum(amount_fen), count(*) FROM pl_postings"
-        " WHERE fiscal_year = %s AND account LIKE 'city:%%:pooling'"
+        " WHERE fiscal_year = %s AND (account LIKE 'city:%%:pooling' OR account LIKE 'city:%%:employee:personal')"
         " AND counter_account LIKE 'external:institutions:%%' AND category LIKE 'claim.%%'"
         " AND split_part(counter_account, ':', 3) <> split_part(account, ':', 2)"
         " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",

@@ -443,6 +443,38 @@ def test_personal_accounts_show_each_citys_balance_income_and_payouts(views: Vie
         50_000, {"contribution.employer": 50_000}, {})
 
 
+@pytest.mark.integration
+def test_out_of_city_counts_personal_account_claims_in_the_employee_scheme(views: Views) -> None:
+    """E7 x E6: a claim paid from Hefei's personal accounts to a Wuhu institution is Hefei's
+    employees treated in Wuhu, beside the pooling fund's claims there; the rows keep their shape."""
+    at = "2026-03-05T10:00:00+08:00"
+
+    def elsewhere(message: dict[str, Any], city: str) -> dict[str, Any]:
+        return {**message, "institution_city": city}
+
+    personal_reversed = elsewhere(personal_claim(HEFEI, 600, at), WUHU)
+    views.send(
+        contribution(HEFEI, "employee", 100_000, "2026-01-05T10:00:00+08:00"),  # all to the personal accounts
+        contribution(HEFEI, "employee", 100_000, "2026-01-05T10:00:00+08:00", payer_kind="employer"),
+        elsewhere(personal_claim(HEFEI, 4_000, at), WUHU),
+        elsewhere(claim(HEFEI, "employee", 3_000, at), WUHU),
+        personal_reversed,
+        reversal(personal_reversed, "2026-03-06T10:00:00+08:00"),
+        elsewhere(personal_claim(HEFEI, 500, at), BENGBU),
+        personal_claim(HEFEI, 1_000, at),  # treated at home: not in the matrix
+    )
+    body = views.get("/v1/out-of-city", year=2026)
+    assert body["rows"] == [
+        {"insured_city": HEFEI, "scheme": "employee", "treatment_city": WUHU,
+         "amount_fen": 4_000 + 3_000 + 600 - 600, "postings": 4},
+        {"insured_city": HEFEI, "scheme": "employee", "treatment_city": BENGBU, "amount_fen": 500, "postings": 1},
+    ]
+    assert views.csv("/v1/out-of-city", year=2026) == as_cells(body["rows"])
+    # the personal accounts paid 4,000 + 500 + 1,000 of it (net of the reversed 600)
+    personal = {r["city"]: r for r in views.get("/v1/personal-accounts", year=2026)["rows"]}[HEFEI]
+    assert personal["payouts_fen"] == 4_000 + 500 + 1_000
+
+
 # -- the dashboard in a real browser --------------------------------------------------------------
 
 
