@@ -368,9 +368,10 @@ def budgets(conn: Conn, year: int) -> dict[str, Any]:
 def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
     """Months of expenditure each fund's balance covers (B4), against the policy's band.
 
-    Average monthly expenditure = claims paid over the last 12 months divided by the months
-    of that window the fund has existed in the ledger (at least one), so a new ledger is
-    not flattered by months it has no history of.
+    Average monthly expenditure = claims and the major-illness premium (E8: B3 counts it with
+    the claims) paid over the last 12 months divided by the months of that window the fund has
+    existed in the ledger (at least one), so a new ledger is not flattered by months it has no
+    history of.
     """
     moment = as_of or now()
     day = business_date_of(moment)
@@ -380,15 +381,15 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
     low, high = policy.risk_band.low_months, policy.risk_band.high_months
     window_start = _months_before(day, RISK_WINDOW_MONTHS - 1)  # 12 months, this one included
     funds = [accounts.city_pooling(city, scheme) for city in policy.cities for scheme in Scheme]
-    claims = _claims_in_window(conn, funds, window_start, moment)
+    spent = _expenditure_in_window(conn, funds, window_start, moment)
     balances = balances_at_fen(conn, funds, moment)
     rows = []
     for city, name in policy.cities.items():
         for scheme in Scheme:
             account = accounts.city_pooling(city, scheme)
-            claims_fen, first_month = claims.get(account, (0, None))
+            spent_fen, first_month = spent.get(account, (0, None))
             months = _months_spanned(first_month, day) if first_month else RISK_WINDOW_MONTHS
-            monthly = formulas.monthly_expenditure_fen(claims_fen, months)
+            monthly = formulas.monthly_expenditure_fen(spent_fen, months)
             balance = balances.get(account, 0)
             covered = formulas.months_covered_hundredths(balance, monthly)
             rows.append(
@@ -406,27 +407,33 @@ def risk(conn: Conn, as_of: datetime | None = None) -> dict[str, Any]:
     return {"as_of": moment.isoformat(), "band": {"low_months": low, "high_months": high}, "rows": rows}
 
 
-def _claims_in_window(
+def _expenditure_in_window(
     conn: Conn, funds: list[str], window_start: date, as_of: datetime
 ) -> dict[str, tuple[int, date | None]]:
-    """Per fund, the claims paid on business days after `window_start` and by `as_of`, and the
-    first month that has any: the months' totals, less the claim postings after `as_of`."""
+    """Per fund, the claims and the major-illness premium paid on business days after
+    `window_start` and by `as_of`, and the first month that has any: the claims' monthly totals
+    less the claim postings after `as_of`, and the premium's postings (a few a year per fund,
+    found through their partial index, pl_postings_premium: hence PREMIUM_CATEGORY's value as a
+    literal)."""
     rows = conn.execute(
         "SELECT account, month, sum(amount_fen), sum(postings) FROM ("
         " SELECT account, month, amount_fen, postings FROM pl_account_monthly_claims"
         " WHERE account = ANY(%s) AND month > %s UNION ALL"
         " SELECT account, date_trunc('month', business_date)::date, -amount_fen, -1 FROM pl_postings"
-        " WHERE account = ANY(%s) AND occurred_at > %s AND category LIKE %s AND business_date > %s"
+        " WHERE account = ANY(%s) AND occurred_at > %s AND category LIKE %s AND business_date > %s UNION ALL"
+        " SELECT account, date_trunc('month', business_date)::date, amount_fen, 1 FROM pl_postings"
+        " WHERE category = 'premium.critical_illness' AND account = ANY(%s) AND business_date > %s"
+        " AND occurred_at <= %s"
         ") AS t GROUP BY account, month",
-        (funds, window_start, funds, as_of, CLAIM_PREFIX + "%", window_start),
+        (funds, window_start, funds, as_of, CLAIM_PREFIX + "%", window_start, funds, window_start, as_of),
     ).fetchall()
-    claims: dict[str, tuple[int, date | None]] = {}
+    spent: dict[str, tuple[int, date | None]] = {}
     for account, month, amount_fen, postings in rows:
-        paid_fen, first = claims.get(account, (0, None))
+        paid_fen, first = spent.get(account, (0, None))
         if postings > 0:
             first = month if first is None else min(first, month)
-        claims[account] = (paid_fen - int(amount_fen), first)
-    return claims
+        spent[account] = (paid_fen - int(amount_fen), first)
+    return spent
 
 
 def _months_before(day: date, months: int) -> date:

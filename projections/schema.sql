@@ -35,6 +35,9 @@ BEGIN
     END IF;
 END $$;
 CREATE INDEX IF NOT EXISTS pl_postings_year ON pl_postings (fiscal_year, account);
+-- The major-illness premium's few postings (B4's monthly expenditure counts them with the claims).
+CREATE INDEX IF NOT EXISTS pl_postings_premium ON pl_postings (account, business_date)
+    WHERE category = 'premium.critical_illness';
 
 CREATE TABLE IF NOT EXISTS pl_account_balances (
     account text PRIMARY KEY,

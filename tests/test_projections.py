@@ -298,8 +298,8 @@ class Model:
     def risk(self, city: str, scheme: str, as_of: datetime) -> dict[str, Any]:
         account, today = fund_account(city, scheme), cst_day(as_of)
         year_ago = today.replace(year=today.year - 1)
-        in_window = [p for p in self.until(as_of) if p.account == account
-                     and p.category.startswith("claim.") and p.day > year_ago]
+        in_window = [p for p in self.until(as_of) if p.account == account  # B3/E8: premium with claims
+                     and p.category.startswith(("claim.", "premium.")) and p.day > year_ago]
         claims = -sum(p.amount for p in in_window)
         first = min((p.day for p in in_window), default=None)
         months = max(1, (today.year - first.year) * 12 + today.month - first.month + 1) if first else 12

@@ -167,6 +167,44 @@ def test_the_major_illness_premium_is_listed_under_the_citys_expenditure_and_cou
     assert row["actual"]["expenditure_fen"] == 550_000
 
 
+@pytest.mark.integration
+def test_the_risk_views_monthly_expenditure_counts_the_major_illness_premium_with_the_claims(views: Views) -> None:
+    """B4's average monthly expenditure: claims and the premium (E8) over the months since the
+    first of them in the 12-month window; Anhui's band is 6 to 9 months."""
+    reversed_premium = premium(HEFEI, 40_000, "2026-02-10T10:00:00+08:00")
+    views.send(
+        contribution(HEFEI, "resident", 2_000_000, "2026-01-05T10:00:00+08:00"),
+        upstream.budget(2_000_000, 1_000_000, fiscal_year=2026, occurred_at="2026-01-10T10:00:00+08:00"),
+        premium(HEFEI, 250_000, "2026-01-20T10:00:00+08:00"),
+        reversed_premium,
+        reversal(reversed_premium, "2026-02-11T10:00:00+08:00"),
+        claim(HEFEI, "resident", 300_000, "2026-03-01T10:00:00+08:00"),
+    )
+
+    def hefei(as_of: str) -> dict[str, Any]:
+        body = views.get("/v1/risk", as_of=as_of)
+        assert body["band"] == {"low_months": 6, "high_months": 9}
+        row = next(r for r in body["rows"] if (r["city"], r["scheme"]) == (HEFEI, "resident"))
+        return {k: row[k] for k in ("balance_fen", "monthly_expenditure_fen", "months_covered_hundredths", "level")}
+
+    # end of March: January (the first premium), February and March
+    monthly = (250_000 + 300_000) // 3
+    balance = 2_000_000 - 250_000 - 300_000
+    assert hefei("2026-03-31T23:59:59+08:00") == {
+        "balance_fen": balance, "monthly_expenditure_fen": monthly,
+        "months_covered_hundredths": balance * 100 // monthly, "level": "ok"}  # 7.90 months
+    # between the second premium and its reversal: both premiums, January and February, no claim yet
+    monthly = (250_000 + 40_000) // 2
+    balance = 2_000_000 - 250_000 - 40_000
+    assert hefei("2026-02-10T12:00:00+08:00") == {
+        "balance_fen": balance, "monthly_expenditure_fen": monthly,
+        "months_covered_hundredths": balance * 100 // monthly, "level": "high"}  # 11.79 months
+    # before any expenditure: nothing to cover
+    assert hefei("2026-01-15T00:00:00+08:00") == {
+        "balance_fen": 2_000_000, "monthly_expenditure_fen": 0, "months_covered_hundredths": None,
+        "level": "no_expenditure"}
+
+
 # -- I3 as a view: the subsidy reconciliation -----------------------------------------------------
 
 
