@@ -228,9 +228,11 @@ class Ledger(Application[UUID]):
                     raise
                 failed[error.index] = error.text
                 continue
-            new_days = self._note_decision_days(work)
+            markers, new_days = self._note_decision_days(work)
             try:
-                self.save(*work.aggregates.values(), **save_kwargs)
+                # the day markers first: a batch's last notification stays a receipt, which is
+                # where the relay's position ends (its backlog counts to the last notification)
+                self.save(*markers, *work.aggregates.values(), **save_kwargs)
             except BaseException as error:
                 # Changed in memory, not saved: another writer moved them on (IntegrityError),
                 # the database is away, or an event could not be encoded.
@@ -247,16 +249,14 @@ class Ledger(Application[UUID]):
             self._noted_days |= new_days
             return outcomes
 
-    def _note_decision_days(self, work: _WorkingSet) -> set[date]:
-        """I4: adds to the batch a `DecisionDay` for each day it decided an event on that has none yet."""
+    def _note_decision_days(self, work: _WorkingSet) -> tuple[list[DecisionDay], set[date]]:
+        """I4: a `DecisionDay` for each day the batch decided an event on that has none yet (to
+        save with the batch), and the days the batch decided on."""
         days = work.decided_days - self._noted_days
         if not days:
-            return set()
+            return [], set()
         stored = self._existing({decision_day_id(d): d for d in days})
-        for day in days - stored:
-            marker = DecisionDay.note(day)
-            work.aggregates[marker.id] = marker
-        return days
+        return [DecisionDay.note(day) for day in sorted(days - stored)], days
 
     def decision_days_since(self, since: date) -> set[date]:
         """I4: the business days from `since` to the last one an event may be dated on that have a

@@ -272,7 +272,8 @@ class Model:
 
     def claims_paid(self, account: str, year: int) -> int:
         return -sum(p.amount for p in self.postings
-                    if p.account == account and p.fiscal_year == year and p.category.startswith("claim."))
+                    if p.account == account and p.fiscal_year == year
+                    and p.category.startswith(("claim.", "premium.")))  # B3 counts the premium (E8)
 
     def province(self, scheme: str, year: int, as_of: datetime | None) -> dict[str, Any]:
         province = fund_account(None, scheme)
