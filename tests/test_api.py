@@ -528,4 +528,20 @@ def test_out_of_city_treatment_and_recoveries_are_read_as_the_test_sent_them(ser
         {"city": "340100", "scheme": "resident", "reason": "fraud", "amount_fen": 1_300, "postings": 2},
         {"city": "340100", "scheme": "resident", "reason": "overpayment", "amount_fen": 300, "postings": 1},
     ]
-    assert served.get("/v1/out-of-city", year=2025)["rows"] == []
+    # the simulated 2025 has its own out-of-city claims: the matrix from the test's model
+    expected: dict[tuple[str, str, str], list[int]] = {}
+    for debit, credit, amount, category, _, year in served.model.transfers.values():
+        if year != 2025 or not category.startswith("claim."):
+            continue
+        fund, institution, sign = (debit, credit, 1) if debit.startswith("city:") else (credit, debit, -1)
+        _, insured, scheme, _ = fund.split(":")
+        treated = institution.rsplit(":", 1)[1]
+        if treated != insured:
+            cell = expected.setdefault((insured, scheme, treated), [0, 0])
+            cell[0] += sign * amount
+            cell[1] += 1
+    assert expected, "the simulated year treats some insured in another city"
+    assert served.get("/v1/out-of-city", year=2025)["rows"] == [
+        {"insured_city": c, "scheme": s, "treatment_city": t, "amount_fen": a, "postings": n}
+        for (c, s, t), (a, n) in sorted(expected.items())
+    ]
