@@ -79,7 +79,8 @@ def test_the_writer_role_cannot_delete_from_the_event_store_by_any_means(databas
         assert admin.execute(
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'ledger_events'"
         ).fetchone() == ("postgres",)
-    assert stored is not None and stored[0] == 8  # per contribution: a receipt, a fund and its movement; the policy book
+    # per contribution: a receipt, a fund and its movement, the marker of its business day (I4); the policy book
+    assert stored is not None and stored[0] == 10
 
     attempts: list[tuple[str, type[psycopg.Error], str]] = [
         ("DELETE FROM ledger_events", psycopg.errors.InsufficientPrivilege, "permission denied"),
@@ -537,7 +538,8 @@ def test_prepare_db_makes_the_roles_and_the_writer_then_runs_on_its_own(database
         Feed(ledger).send([contribution("340100", "resident", 777, "2025-12-02T10:00:00+08:00")])
         ledger.close()
         with psycopg.connect(db.reader_url) as reader:
-            assert reader.execute("SELECT count(*) FROM ledger_events").fetchone() == (5,)  # the policy book (2) and the contribution (3)
+            # the policy book (2), the contribution (3) and its business day's marker (I4)
+            assert reader.execute("SELECT count(*) FROM ledger_events").fetchone() == (6,)
 
 
 def test_logged_tracebacks_show_no_local_variables(capsys: pytest.CaptureFixture[str]) -> None:
