@@ -25,7 +25,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, AggregateEvent
-from eventsourcing.persistence import Notification, PersistenceError, Recording
+from eventsourcing.persistence import Notification, PersistenceError, Recording, StoredEvent
 
 from ledger import accounts, decisions
 from ledger.aggregates import (
@@ -43,7 +43,7 @@ from ledger.clock import business_date_of
 from ledger.errors import Reason, Rejected
 from ledger.movements import Transfer
 from ledger.policy import PolicyTerms, load_packaged_policy
-from schemas.events import OCCURRED_YEAR_MAX, UpstreamEvent
+from schemas.events import OCCURRED_YEAR_MAX, EventReversed, RecoveryReceived, UpstreamEvent
 from schemas.policy import Policy
 
 log = structlog.get_logger("ledger")
@@ -113,6 +113,13 @@ class FindsOriginators(Protocol):
     """A recorder that can tell in one query which aggregates exist (PostgreSQL)."""
 
     def select_existing_originators(self, ids: Sequence[UUID]) -> set[UUID]: ...
+
+
+@runtime_checkable
+class ReadsStreams(Protocol):
+    """A recorder that reads the streams of many aggregates in one query (PostgreSQL)."""
+
+    def select_streams(self, ids: Sequence[UUID]) -> list[StoredEvent]: ...
 
 
 @runtime_checkable
@@ -220,6 +227,7 @@ class Ledger(Application[UUID]):
         while True:  # at most once per message of the batch, and once more to encode each
             self._catch_up()
             work = _WorkingSet(self, self._stored_receipts(receipt_ids))
+            self._prefetch_referenced_receipts(batch, work)
             try:
                 outcomes = self._record_all(batch, receipt_ids, failed, work, encode_each)
             except BaseException as error:
@@ -248,6 +256,30 @@ class Ledger(Application[UUID]):
                     self._hot[aggregate.id] = aggregate
             self._noted_days |= new_days
             return outcomes
+
+    def _prefetch_referenced_receipts(self, batch: Sequence[Message], work: _WorkingSet) -> None:
+        """The stored receipts the batch's recoveries (their claim, P4) and reversals (their
+        original, P2) will read, loaded in one query instead of one per event."""
+        if not isinstance(self.recorder, ReadsStreams):
+            return
+        wanted = set()
+        for message in batch:
+            event = message.event
+            if isinstance(event, RecoveryReceived) and event.claim_event_id is not None:
+                wanted.add(receipt_id(str(event.claim_event_id)))
+            elif isinstance(event, EventReversed):
+                wanted.add(receipt_id(str(event.original_event_id)))
+        wanted -= work.aggregates.keys()
+        if not wanted:
+            return
+        streams: dict[UUID, Aggregate | None] = {}
+        for stored in self.recorder.select_streams(list(wanted)):
+            domain_event = cast(AggregateEvent, self.mapper.to_domain_event(stored))
+            oid = cast(UUID, stored.originator_id)
+            streams[oid] = domain_event.mutate(streams.get(oid))
+        for id, aggregate in streams.items():
+            if aggregate is not None:
+                work.aggregates[id] = aggregate
 
     def _note_decision_days(self, work: _WorkingSet) -> tuple[list[DecisionDay], set[date]]:
         """I4: a `DecisionDay` for each day the batch decided an event on that has none yet (to
