@@ -185,7 +185,10 @@ def meaning_digest(payload: dict[str, Any], occurred_at: datetime, defaults: dic
     other difference is another. Leaving defaults out also keeps a stored event's digest the
     same when the contract grows a new optional field.
     """
-    meaning = {k: v for k, v in payload.items() if k not in (defaults or {}) or defaults[k] != v}
+    meaning = dict(payload)
+    for name, default in (defaults or {}).items():  # a few optional fields per event type
+        if name in meaning and meaning[name] == default:
+            del meaning[name]
     meaning["occurred_at"] = occurred_at.astimezone(UTC).isoformat()
     return hashlib.sha256(orjson.dumps(meaning, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
