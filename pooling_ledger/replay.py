@@ -10,11 +10,15 @@ Every kind of input is decided again: an empty message from its empty bytes, a t
 as a message without a value, a message above the size limit from the size its receipt
 recorded (against `message_size_max_bytes`, POOLING_MESSAGE_SIZE_MAX). Only `unprocessable`
 fates are not: they record a failure of the ledger, not a decision, and are counted.
+
+`replay --until T` and `replay --policy FILE` decide a chosen part of the same inputs, or under
+another policy, and report instead of checking: `pooling_ledger/whatif.py`.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,9 @@ REPLAY_BATCH_SIZE_MAX = 1000
 DIFFERENCES_SHOWN_MAX = 20
 _DECISIONS = (Receipt.Accepted, Receipt.Rejected, Receipt.ConflictingDeliveryRejected)
 TOPICS = tuple(get_topic(cls) for cls in _DECISIONS)
+
+#: Told after each batch: decisions taken so far, the notification id reached, the last one.
+Progress = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -68,7 +75,7 @@ _REJECTED = get_topic(Receipt.Rejected)
 
 
 @dataclass(frozen=True)
-class _Recorded:
+class Recorded:
     """A recorded fate, as stored: the receipt event's topic and fields (not decoded into an
     event object, which replay has no use for)."""
 
@@ -80,26 +87,35 @@ class _Recorded:
         return str(self.fields.get("event_id") or f"message at {self.fields.get('source')}")
 
 
-def replay(recorded: Ledger, message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES) -> Replay:
+def replay(
+    recorded: Ledger,
+    message_size_max_bytes: int = MESSAGE_SIZE_MAX_BYTES,
+    progress: Progress | None = None,
+) -> Replay:
     result = Replay()
+    last = recorded.recorder.max_notification_id() or 0
     fresh = InMemoryLedger(seed_policy=seed_policy_of(recorded))
     decode = recorded.mapper.transcoder.decode
-    batch: list[tuple[Inbound, _Recorded]] = []
+    batch: list[tuple[Inbound, Recorded]] = []
     for notification in recorded.stored_notifications(TOPICS):
-        fate = _Recorded(notification.topic, decode(notification.state))
+        fate = Recorded(notification.topic, decode(notification.state))
         if fate.fields.get("reason") == Reason.unprocessable.value:
             result.unprocessable += 1  # nothing was booked; a re-submission has its own receipt
             continue
-        batch.append((_inbound(fate, message_size_max_bytes), fate))
+        batch.append((inbound_of(fate, message_size_max_bytes), fate))
         if len(batch) >= REPLAY_BATCH_SIZE_MAX:
             _decide_and_compare(fresh, batch, result)
             batch = []
+            if progress is not None:
+                progress(result.decisions, notification.id, last)
     _decide_and_compare(fresh, batch, result)
+    if progress is not None:
+        progress(result.decisions, last, last)
     _compare_funds(recorded, fresh, result)
     return result
 
 
-def _inbound(fate: _Recorded, message_size_max_bytes: int) -> Inbound:
+def inbound_of(fate: Recorded, message_size_max_bytes: int) -> Inbound:
     """The message as the ledger received it, rebuilt from what the receipt kept.
 
     A rejection without a JSON payload kept the bytes (`raw_base64`, maybe empty), only the
@@ -122,7 +138,7 @@ def _inbound(fate: _Recorded, message_size_max_bytes: int) -> Inbound:
     return Inbound.parse(raw, position, message_size_max_bytes, size_bytes=size_bytes)
 
 
-def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, _Recorded]], result: Replay) -> None:
+def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, Recorded]], result: Replay) -> None:
     if not batch:
         return
     outcomes = record_batch(fresh, [inbound for inbound, _ in batch])
@@ -131,7 +147,7 @@ def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, _Recor
         _compare(fresh, fate, outcome, result)
 
 
-def _compare(fresh: InMemoryLedger, fate: _Recorded, outcome: Outcome, result: Replay) -> None:
+def _compare(fresh: InMemoryLedger, fate: Recorded, outcome: Outcome, result: Replay) -> None:
     fields = fate.fields
     if fate.topic == _ACCEPTED:
         if outcome.status != "accepted":
