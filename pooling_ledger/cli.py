@@ -411,25 +411,64 @@ def verify(
 
 
 @app.command()
-def replay(as_json: JsonFlag = False) -> None:
+def replay(
+    as_json: JsonFlag = False,
+    until: Annotated[str | None, typer.Option(
+        help="Decide only the inputs dated (occurred_at) up to this business instant (RFC 3339 with "
+        "offset), plus every policy adoption, in recorded order; print the trial balance as of it.",
+    )] = None,
+    policy: Annotated[Path | None, typer.Option(
+        help="What if this policy file (like ledger/policies/anhui.json) had decided the history: "
+        "the fates that change, by city and scheme, and the balances, recorded and what-if.",
+    )] = None,
+    keep_adoptions: Annotated[bool, typer.Option(
+        "--keep-adoptions", help="With --policy: decide the recorded policy adoptions as recorded "
+        "(default: skip them, the file's policy throughout).",
+    )] = False,
+) -> None:
     """Decide every recorded event again and compare the fates and balances.
 
     Each event is decided from the payload its receipt kept, on a fresh in-memory ledger
     seeded with the same policy. Exits 1 when anything differs: the numbers must follow
-    from the inputs and the rules alone.
+    from the inputs and the rules alone. With --until or --policy it answers instead of
+    checking (exit 0): see pooling_ledger/whatif.py. Nothing is ever written to the store.
     """
+    from pooling_ledger import whatif
     from pooling_ledger.replay import replay as run_replay
     from pooling_ledger.services import database
     from storage import open_ledger
 
     settings = _settings()
+    try:
+        until_at = whatif.parse_until(until) if until is not None else None
+        what_if = whatif.load_what_if_policy(policy) if policy is not None else None
+    except ValueError as error:
+        _fail(str(error))
+    if keep_adoptions and policy is None:
+        _fail("--keep-adoptions goes with --policy")
     configure_logging(settings.log_format, "error")  # the replayed rejections are not news
+    again = None
     with database(settings, as_found=True) as url:
         ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
         try:
-            result = run_replay(ledger, settings.message_size_max)
+            with whatif.progress_bar(not as_json, "replaying") as progress:
+                if until_at is None and what_if is None:
+                    result = run_replay(ledger, settings.message_size_max, progress=progress)
+                else:
+                    again = whatif.decide_again(
+                        ledger, policy=what_if, until=until_at, keep_adoptions=keep_adoptions,
+                        message_size_max_bytes=settings.message_size_max, progress=progress,
+                    )
         finally:
             ledger.close()
+    if again is not None:
+        if as_json:
+            typer.echo(json.dumps(again.as_json(policy), indent=2, ensure_ascii=False))
+        else:
+            from rich.console import Console
+
+            whatif.render(again, Console(), policy)
+        return
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
     else:
