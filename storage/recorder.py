@@ -4,8 +4,9 @@ Shared by the consumers, the read side and the command line: none of them owns i
 
 `LedgerRecorder` extends eventsourcing's PostgreSQL process recorder so that a
 batch's domain events and the Kafka positions it reached are written in the
-same transaction (DESIGN §6). It also makes the event table append-only in
-PostgreSQL itself and answers "which of these receipts exist?" in one query.
+same transaction (DESIGN §6), with the link of the hash chain that covers those
+events (`storage.chain`). It also makes the event table and the chain append-only
+in PostgreSQL itself and answers "which of these receipts exist?" in one query.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from schemas.policy import Policy
+from storage.chain import ChainWriter, state_digest
 from storage.transcoder import FAST_MAPPING_ENV
 
 POSITIONS_TABLE = "kafka_positions"
@@ -106,6 +108,9 @@ class LedgerRecorder(PostgresProcessRecorder):
                 truncate_guard=Identifier(f"{self.events_table_name}_no_truncate"),
             ),
         ]
+        # Last: the chain's triggers run the guard function made above.
+        self.chain = ChainWriter(self.datastore.schema, self.events_table_name)
+        self.sql_create_statements += self.chain.create_statements(f"{self.events_table_name}_append_only")
         self._upsert_position = SQL(
             "INSERT INTO {schema}.{positions} (consumer, topic, partition, next_offset, fingerprint)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (consumer, topic, partition)"
@@ -150,6 +155,10 @@ class LedgerRecorder(PostgresProcessRecorder):
         with serialised(self.datastore, [SCHEMA_LOCK]):
             super().create_table()
 
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        super()._create_table(curs)
+        self.chain.ensure_first_link(curs)  # in the same transaction as the chain table
+
     def serialised(self, keys: Sequence[str]) -> AbstractContextManager[None]:
         """Holds a session advisory lock per key (in order, so writers never deadlock)."""
         return serialised(self.datastore, keys)
@@ -174,13 +183,19 @@ class LedgerRecorder(PostgresProcessRecorder):
         return None
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        """A batch's positions, tracking and events in one transaction, without pipeline mode.
+        """A batch's positions, tracking, events and chain link in one transaction, without
+        pipeline mode.
 
         eventsourcing sends them in psycopg's pipeline mode, which deadlocks when a batch is
         large enough (megabytes of rejected payloads): both ends wait in `Pipeline.sync`
         (psycopg issue #685; seen here with hostile input). A batch is a handful of
         statements, so the round trips pipelining saves are few.
+
+        The link is appended after the events' INSERT, under the event table's EXCLUSIVE
+        lock that `_insert_stored_events` takes (held to COMMIT): writers extend the chain one
+        after the other. The states are hashed before, outside the lock.
         """
+        state_digests = [state_digest(e.state) for e in stored_events]
         with self.datastore.get_connection() as conn, conn.transaction():
             with conn.cursor() as curs:
                 self._insert_events(curs, stored_events, **kwargs)
@@ -188,7 +203,19 @@ class LedgerRecorder(PostgresProcessRecorder):
                 return None
             with conn.cursor() as curs:
                 self._insert_stored_events(curs, stored_events, **kwargs)
-                return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                self._extend_chain(curs, stored_events, notification_ids or (), state_digests)
+                return notification_ids
+
+    def _extend_chain(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        notification_ids: Sequence[int],
+        state_digests: Sequence[bytes | None],
+    ) -> None:
+        """The batch's link of the chain (`storage.chain`), in the batch's transaction."""
+        self.chain.extend(curs, stored_events, notification_ids, state_digests)
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int, bytes | None]] = kwargs.get("positions", ())
