@@ -406,6 +406,13 @@ def verify(
             f"fingerprint {result.facts['fingerprint']} over {result.facts['events']:,} events "
             f"(up to notification {result.facts['last_notification_id']})"
         )
+        chain = result.facts.get("chain") or {}
+        if chain.get("latest_link"):
+            link = chain["latest_link"]
+            typer.echo(
+                f"chain link {link['link_id']} {link['digest']} (up to notification "
+                f"{link['last_notification_id']}); recomputed {chain['recomputed_digest']}"
+            )
     if not result.ok:
         raise typer.Exit(1)
 

@@ -5,8 +5,13 @@
 3. the read tables, where projected, catch up with the ledger (verify runs the projector
    first; an error or a lag left afterwards fails the check) and hold the same balances
    as the replay;
-4. the event table still refuses UPDATE, DELETE and TRUNCATE (its triggers are enabled);
-5. a fingerprint chains every recorded event in order: keep it, and a later `verify
+4. the event table and its hash chain still refuse UPDATE, DELETE and TRUNCATE (their
+   triggers are enabled);
+5. the hash chain kept in the database (`storage.chain`) recomputed from the event table
+   matches the stored one link by link; otherwise the first event where it departs is named
+   (notification id, originator id and version, topic). The recomputed latest digest is
+   reported beside the stored latest link (the one `GET /health` shows);
+6. a fingerprint chains every recorded event in order: keep it, and a later `verify
    --expect` proves the history it covers was not altered.
 """
 
@@ -24,7 +29,8 @@ from ledger.audit import FUND_EVENT_TOPICS, fold
 from projections.projector import Projector
 from projections.projector import lag as projection_lag
 from projections.queries import trial_balance
-from storage import ledger_recorder
+from storage import ledger_recorder, verify_chain
+from storage.chain import CHAIN_TABLE
 
 FINGERPRINT_PAGE_SIZE = 10_000
 
@@ -89,12 +95,17 @@ def verify(ledger: Ledger, database_url: str, expect: str | None = None, up_to: 
                          _difference(projected, replayed_all))
         disabled = conn.execute(
             "SELECT count(*) FILTER (WHERE tgenabled = 'O'), count(*) FROM pg_trigger"
-            " WHERE tgrelid = %s::regclass AND NOT tgisinternal",
-            (table,),
+            " WHERE tgrelid IN (%s::regclass, to_regclass(%s)) AND NOT tgisinternal",
+            (table, CHAIN_TABLE),
         ).fetchone()
         enabled, total = (int(disabled[0]), int(disabled[1])) if disabled else (0, 0)
-        result.check("append_only_guard", total >= 2 and enabled == total,
-                     f"{enabled} of {total} guard triggers on {table} are enabled")
+        result.check("append_only_guard", total >= 4 and enabled == total,
+                     f"{enabled} of {total} guard triggers on {table} and {CHAIN_TABLE} are enabled")
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        chain = verify_chain(conn, table)
+    result.facts["chain"] = chain.as_json()
+    result.check("chain_intact", chain.ok, chain.problem)
 
     digest, count, last = fingerprint(ledger, up_to)
     result.facts.update(fingerprint=digest, events=count, last_notification_id=last)

@@ -44,8 +44,9 @@ def test_verify_passes_on_an_untouched_history_and_its_fingerprint_is_stable(dat
     assert first["ok"] is True
     assert set(first["checks"]) == {  # type: ignore[arg-type]
         "trial_balance_zero", "funds_match_replay", "no_fund_negative",
-        "projection_caught_up", "projection_matches_replay", "append_only_guard",
+        "projection_caught_up", "projection_matches_replay", "append_only_guard", "chain_intact",
     }
+    assert first["chain"]["ok"] is True  # type: ignore[index]
     code, again = run_verify(database_url, "--expect", str(first["fingerprint"]))
     assert code == 0 and again["fingerprint"] == first["fingerprint"]
 
@@ -69,9 +70,11 @@ def test_verify_catches_an_event_altered_behind_the_append_only_guard(database_u
     assert checks["fingerprint_matches"] is False, after  # type: ignore[index]
     assert checks["append_only_guard"] is False, after  # type: ignore[index]
     assert checks["projection_matches_replay"] is False, after  # type: ignore[index]
+    assert checks["chain_intact"] is False, after  # type: ignore[index]
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE ledger_events ENABLE TRIGGER ledger_events_append_only")
     code, later = run_verify(database_url, "--expect", str(before["fingerprint"]))
     assert code == 1 and later["checks"]["append_only_guard"] is True  # type: ignore[index]
     assert later["checks"]["fingerprint_matches"] is False  # type: ignore[index]
+    assert later["checks"]["chain_intact"] is False  # type: ignore[index]
