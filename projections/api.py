@@ -319,8 +319,12 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     def health(conn: Conn) -> dict[str, Any]:
-        """Liveness and the projection lag (notifications the read tables have not applied yet)."""
-        return queries.health(conn)
+        """Liveness, the projection lag (notifications the read tables have not applied yet), and
+        `chain`: the ledger's latest hash-chain link (`digest`, `last_notification_id`, ...;
+        null where the store has none), which `pooling-ledger verify` recomputes."""
+        from storage.chain import latest_link
+
+        return {**queries.health(conn), "chain": latest_link(conn)}
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(conn: Conn) -> PlainTextResponse:
