@@ -338,8 +338,10 @@ def publish(
 @app.command()
 def balances(
     as_json: JsonFlag = False,
-    as_of: Annotated[
-        datetime | None, typer.Option(help="Business time (RFC 3339 with offset); default: now.")
+    as_of_text: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Business time, RFC 3339 with its offset, e.g. 2025-03-31T23:59:59+08:00; "
+                     "default: now."),
     ] = None,
 ) -> None:
     """Every account's balance (the trial balance), replayed from the event store; sums to zero."""
@@ -347,8 +349,14 @@ def balances(
     from storage import open_ledger
 
     settings = _settings()
-    if as_of is not None and as_of.tzinfo is None:
-        _fail("--as-of needs an offset, e.g. 2025-03-31T23:59:59+08:00")
+    as_of = None
+    if as_of_text is not None:
+        try:
+            as_of = datetime.fromisoformat(as_of_text)
+        except ValueError:
+            _fail(f"--as-of {as_of_text!r} is not a time; expected e.g. 2025-03-31T23:59:59+08:00")
+        if as_of is None or as_of.tzinfo is None:
+            _fail("--as-of needs an offset, e.g. 2025-03-31T23:59:59+08:00")
     from pooling_ledger.services import database
 
     with database(settings) as url:

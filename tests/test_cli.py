@@ -65,6 +65,12 @@ def test_publish_consume_and_balances_from_the_command_line(
     assert trial["total_fen"] == 0
     assert {"account": "city:340100:resident:pooling", "balance_fen": 38_000 - 12_345} in trial["accounts"]
     assert {"account": "external:institutions:340100", "balance_fen": 12_345} in trial["accounts"]
+    before = cli("balances", "--json", "--as-of", "2025-03-10T09:29:59+08:00", env=env)  # both dated 09:30
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["accounts"] == []
+    at_ten = cli("balances", "--json", "--as-of", "2025-03-10T01:30:00Z", env=env)  # the same instant in UTC
+    assert at_ten.returncode == 0, at_ten.stderr
+    assert json.loads(at_ten.stdout)["accounts"] == trial["accounts"]
 
 
 def test_publish_names_a_missing_file() -> None:
