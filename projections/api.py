@@ -440,6 +440,24 @@ def create_app(reader_url: str, api_token: str) -> FastAPI:
         body = queries.trial_balance(conn, _aware(as_of))
         return _table(body, body["accounts"], format)
 
+    # -- the annual fund statement (issue 10) --------------------------------------------------
+    @app.get("/v1/statements/{year}", dependencies=v1, tags=["statements"])
+    def annual_statement(
+        year: YearPath, conn: Conn,
+        city: Annotated[str | None, Query(max_length=PATH_VALUE_LENGTH_MAX, pattern=PRINTABLE,
+                                          description="One city's code.")] = None,
+        scheme: Scheme | None = None, format: Format = "json",
+    ) -> Any:
+        """The annual fund statement (final accounts) of a fiscal year: per city and scheme the pooling
+        fund and the employee personal accounts (RULES E6), and (without `city`) per scheme the
+        provincial adjustment fund and the consolidated province, where extractions and allocations
+        cancel (X6). Lines in integer fen with their yuan text; `csv` gives one row per line. The
+        same statement as `pooling-ledger statement` (projections/statement.py)."""
+        from projections import statement
+
+        body = statement.read_statement(conn, year, city=city, scheme=scheme)
+        return _table(body, statement.csv_rows(body), format)
+
     return app
 
 
