@@ -503,15 +503,40 @@ JOURNAL_COLUMNS = (
 )
 
 
+#: The journal's columns in Parquet (pyarrow's type factories); the others are strings.
+JOURNAL_PARQUET_TYPES = {"notification_id": "int64", "amount_fen": "int64", "fiscal_year": "int32",
+                         "prior_year_adjustment": "bool_"}
+JOURNAL_PARQUET_BATCH = 50_000
+PARQUET_INSTALL = "pip install 'pooling-ledger[parquet]'"
+EXPORT_FORMATS = {"journal": ("csv", "parquet"), "events": ("jsonl",), "statement": ("csv", "xlsx", "json")}
+
+
 @app.command()
 def export(
     what: Annotated[
         str,
-        typer.Argument(help="journal: every accepted transfer as CSV; events: every stored event as JSON Lines."),
+        typer.Argument(help="journal: every accepted transfer (CSV, or Parquet); events: every stored event as "
+                       "JSON Lines; statement: the annual fund statement (as the `statement` command)."),
     ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
+    year: Annotated[
+        int | None,
+        typer.Option(min=1900, max=2200, help="journal: only the transfers of this fiscal year (default all); "
+                     "statement: its fiscal year (required)."),
+    ] = None,
+    format_: Annotated[
+        str | None,
+        typer.Option("--format", help="journal: csv (default) or parquet (needs the `parquet` extra and -o); "
+                     "statement: csv (default), xlsx (needs -o) or json; events: jsonl."),
+    ] = None,
+    city: Annotated[str | None, typer.Option(help="statement: one city's statements (its code).")] = None,
+    scheme: Annotated[str | None, typer.Option(help="statement: employee or resident (default both).")] = None,
 ) -> None:
-    """Export the ledger for auditors and archives, straight from the event store."""
+    """Export the ledger for auditors and archives.
+
+    The journal and the events come straight from the event store; the statement from the read
+    tables, brought up to date first (see `statement`).
+    """
     import csv
 
     from consumers.relay import RECEIPT_TOPICS
@@ -519,25 +544,43 @@ def export(
     from pooling_ledger.services import database
     from storage import open_ledger
 
-    if what not in ("journal", "events"):
-        _fail(f"unknown export {what!r}: choose journal or events")
+    if what not in EXPORT_FORMATS:
+        _fail(f"unknown export {what!r}: choose journal, events or statement")
+    chosen = format_ or EXPORT_FORMATS[what][0]
+    if chosen not in EXPORT_FORMATS[what]:
+        _fail(f"export {what} writes {' or '.join(EXPORT_FORMATS[what])}, not {chosen!r}")
+    if what == "statement":
+        if year is None:
+            _fail("export statement needs --year")
+        _write_statement(year, city, scheme, chosen, output, project=True)
+        return
+    if city is not None or scheme is not None:
+        _fail("--city and --scheme are options of export statement")
+    if what == "events" and year is not None:
+        _fail("--year is an option of export journal and export statement")
+    parquet = _parquet_journal(output) if chosen == "parquet" else None
     settings = _settings()
-    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    target = output.open("w", encoding="utf-8", newline="") if output and parquet is None else sys.stdout
     count = 0
     try:
         with database(settings, as_found=True) as url:
             ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
             if what == "journal":
-                writer = csv.writer(target)
-                writer.writerow(JOURNAL_COLUMNS)
+                writer = csv.writer(target) if parquet is None else None
+                if writer is not None:
+                    writer.writerow(JOURNAL_COLUMNS)
                 for notification_id, event in ledger.notifications(RECEIPT_TOPICS[:1]):
                     if not isinstance(event, Receipt.Accepted):
                         continue
                     for booked in (event.transfer, getattr(event, "split", None)):  # E6: two for a split
-                        if booked is not None:
-                            row = {"notification_id": notification_id, "type": event.event_type, **booked}
+                        if booked is None or (year is not None and booked["fiscal_year"] != year):
+                            continue
+                        row = {"notification_id": notification_id, "type": event.event_type, **booked}
+                        if writer is not None:
                             writer.writerow(["" if row.get(c) is None else row.get(c) for c in JOURNAL_COLUMNS])
-                            count += 1
+                        else:
+                            parquet.add({c: row.get(c) for c in JOURNAL_COLUMNS})  # type: ignore[union-attr]
+                        count += 1
             else:
                 for n in ledger.stored_notifications():
                     record = {
@@ -549,9 +592,49 @@ def export(
                     count += 1
             ledger.close()
     finally:
-        if output:
+        if parquet is not None:
+            parquet.close()
+        elif output:
             target.close()
     typer.echo(f"exported {count:,} {'transfers' if what == 'journal' else 'events'}", err=True)
+
+
+class _ParquetJournal:
+    """The journal written to a Parquet file in row groups of JOURNAL_PARQUET_BATCH transfers."""
+
+    def __init__(self, path: Path, pa: Any, pq: Any) -> None:
+        self.pa = pa
+        self.schema = pa.schema([(c, getattr(pa, JOURNAL_PARQUET_TYPES.get(c, "string"))()) for c in JOURNAL_COLUMNS])
+        self.writer = pq.ParquetWriter(str(path), self.schema)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= JOURNAL_PARQUET_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(self.pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _parquet_journal(output: Path | None) -> _ParquetJournal:
+    """A Parquet writer for the journal, or a clear error when pyarrow (the `parquet` extra) is missing."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        _fail(f"--format parquet needs pyarrow, which is not installed: {PARQUET_INSTALL}")
+        raise  # unreachable: _fail exits
+    if output is None:
+        _fail("--format parquet writes a file: give -o FILE")
+        raise AssertionError  # unreachable: _fail exits
+    return _ParquetJournal(output, pa, pq)
 
 
 @schemas_app.command("export")
@@ -566,6 +649,86 @@ def schemas_export(
     target = directory or default_schema_dir()
     written = export_json_schemas(target)
     typer.echo(f"wrote {len(written)} schema files to {target}")
+
+
+# -- the annual fund statement (issue 10) --------------------------------------------------------
+
+STATEMENT_FORMATS = ("table", "csv", "xlsx", "json")
+
+
+@app.command()
+def statement(
+    year: Annotated[int, typer.Option(min=1900, max=2200, help="Fiscal year.")],
+    city: Annotated[
+        str | None, typer.Option(help="One city's statements (its code); default every city and the province.")
+    ] = None,
+    scheme: Annotated[str | None, typer.Option(help="employee or resident (default both).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="table (default), csv, xlsx (needs -o) or json.")] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
+    no_project: Annotated[
+        bool, typer.Option("--no-project", help="Read the read tables as they are, without projecting first.")
+    ] = False,
+) -> None:
+    """The annual fund statement (final accounts) of a fiscal year, per city and scheme and for the province.
+
+    Lines: opening balance; contribution income (employer, individual, medical assistance);
+    fiscal subsidies by level; interest; subsidy from the higher level (allocations received);
+    recoveries and other income; benefit expenditure by claim category and the major-illness
+    premium; remittance to the higher level (extractions); the year's surplus; prior-year
+    adjustments booked in the year; closing balance. The employee personal accounts (E6) have
+    statements of their own. Without --city, per scheme also the provincial adjustment fund and
+    the consolidated province, where extractions and allocations cancel (X6).
+
+    The read tables are brought up to date first (the projector runs until caught up, as
+    `project --until-caught-up`), then the statement is computed from them by the same code
+    as GET /v1/statements/{year}.
+    """
+    if format_ not in STATEMENT_FORMATS:
+        _fail(f"--format must be one of {', '.join(STATEMENT_FORMATS)}, not {format_!r}")
+    _write_statement(year, city, scheme, format_, output, project=not no_project)
+
+
+def _write_statement(
+    year: int, city: str | None, scheme: str | None, format_: str, output: Path | None, *, project: bool
+) -> None:
+    """`statement` and `export statement`: project (unless told not to), read, write."""
+    import psycopg
+
+    from pooling_ledger.services import database
+    from projections import statement as fund_statement
+    from projections.projector import Projector
+    from projections.queries import NotFound
+    from storage import open_ledger
+
+    if scheme is not None and scheme not in ("employee", "resident"):
+        _fail(f"--scheme must be employee or resident, not {scheme!r}")
+    if format_ == "xlsx" and output is None:
+        _fail("--format xlsx writes a file: give -o FILE")
+    settings = _settings()
+    with database(settings) as url:
+        if project:
+            ledger = open_ledger(url, _seed_policy(settings))
+            try:
+                projector = Projector(ledger, url)
+                try:
+                    projector.run_until_caught_up()
+                finally:
+                    projector.close()
+            finally:
+                ledger.close()
+        with psycopg.connect(url) as conn:
+            try:
+                body = fund_statement.read_statement(conn, year, city=city, scheme=scheme)
+            except NotFound as error:
+                _fail(str(error))
+            except psycopg.errors.UndefinedTable:
+                _fail("nothing is projected in this database: run it without --no-project")
+    data = fund_statement.render(body, format_)
+    if output is not None:
+        output.write_bytes(data)
+        typer.echo(f"wrote the {year} statement ({len(body['statements'])} statements) to {output}", err=True)
+    else:
+        typer.echo(data.decode(), nl=False)
 
 
 def _seed_policy(settings: Settings) -> Any:
