@@ -26,11 +26,11 @@ Canonical encoding, version 1 (integers are big-endian two's complement, `i64` 8
 `u32` 4 bytes; `field(b)` is `u32(len(b)) || b`, and `u32(0xFFFFFFFF)` alone for NULL):
 
     leaf(event) = sha256( b"pooling-ledger/chain/event/v1\\x00"
-                          || i64(notification_id)
                           || originator_id as its 16 UUID bytes (RFC 4122 order)
                           || i64(originator_version)
                           || field(topic as UTF-8)
-                          || field(sha256(state)) )     -- state: the stored bytes, as stored
+                          || field(sha256(state))       -- state: the stored bytes, as stored
+                          || i64(notification_id) )
 
     digest(link) = sha256( b"pooling-ledger/chain/link/v1\\x00"
                            || previous_digest (32 bytes)
@@ -38,16 +38,18 @@ Canonical encoding, version 1 (integers are big-endian two's complement, `i64` 8
                            || i64(events)
                            || leaf(e1) || leaf(e2) || ... )  -- in notification id order
 
-A leaf hashes the state's sha256, not the state itself: the recorder hashes the states before
-it takes the event table's lock, so the link adds little to the time that lock is held.
-Links are kept with their leaves so that `verify_chain` can name the first event that no
-longer matches, not only the batch.
+The notification id comes last, and a leaf hashes the state's sha256, not the state itself:
+the recorder hashes everything but the notification id (unknown until the INSERT) before it
+takes the event table's lock (`prepare`), and inside the lock only finishes each leaf and
+appends the link in one statement (PostgreSQL's sha256() computes the link's digest over the
+head it reads there). Links are kept with their leaves so that `verify_chain` can name the
+first event that no longer matches, not only the batch.
 
 Writers serialise on the chain through the lock every insert already takes: eventsourcing's
 recorder locks the event table IN EXCLUSIVE MODE before inserting (so that notification ids
-are committed in order), until COMMIT. The link is read and written inside that lock, so the
-chain adds no new point where writers wait; it only makes the locked section longer by one
-small SELECT, one INSERT and the leaves' hashing (`bench/chain` measures it).
+are committed in order), until COMMIT. The head is read and the link written inside that lock,
+so the chain adds no new point where writers wait and no conflict; it only makes the locked
+section longer by one INSERT and the leaves' last step (`bench/chain` measures it).
 
 A store recorded before the chain existed gets its first link when the admin creates the
 chain table (`prepare-db`, or any `open_ledger` by a role that may create tables): in the
@@ -69,7 +71,7 @@ import hashlib
 import struct
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
@@ -77,6 +79,9 @@ from eventsourcing.persistence import StoredEvent
 from psycopg import Cursor
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 CHAIN_TABLE = "ledger_chain"
 #: The chain's latest link for any role (SECURITY DEFINER): the read API's role has no SELECT on it.
@@ -105,6 +110,27 @@ def _field(value: bytes | None) -> bytes:
     return _NULL if value is None else struct.pack(">I", len(value)) + value
 
 
+def event_hasher(
+    originator_id: UUID | str, originator_version: int, topic: str | None, state_sha256: bytes | None
+) -> HASH:
+    """sha256 fed with an event's leaf encoding up to its notification id (module docstring)."""
+    uuid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+    return hashlib.sha256(
+        EVENT_DOMAIN
+        + uuid.bytes
+        + _I64.pack(originator_version)
+        + _field(None if topic is None else topic.encode("utf-8"))
+        + _field(state_sha256)
+    )
+
+
+def leaf_of(hasher: HASH, notification_id: int) -> bytes:
+    """The leaf an `event_hasher` makes once the event's notification id is known."""
+    finished = hasher.copy()
+    finished.update(_I64.pack(notification_id))
+    return finished.digest()
+
+
 def event_leaf(
     notification_id: int,
     originator_id: UUID | str,
@@ -113,15 +139,15 @@ def event_leaf(
     state_sha256: bytes | None,
 ) -> bytes:
     """The leaf of one recorded event (module docstring), from its state's sha256."""
-    uuid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
-    return hashlib.sha256(
-        EVENT_DOMAIN
-        + _I64.pack(notification_id)
-        + uuid.bytes
-        + _I64.pack(originator_version)
-        + _field(None if topic is None else topic.encode("utf-8"))
-        + _field(state_sha256)
-    ).digest()
+    return leaf_of(event_hasher(originator_id, originator_version, topic, state_sha256), notification_id)
+
+
+def prepare(stored_events: Sequence[StoredEvent]) -> list[HASH]:
+    """Each event's leaf but its notification id: what can be hashed before the lock."""
+    return [
+        event_hasher(e.originator_id, e.originator_version, e.topic, state_digest(e.state))
+        for e in stored_events
+    ]
 
 
 def link_digest(previous: bytes, last_notification_id: int, events: int, event_digests: bytes) -> bytes:
@@ -140,8 +166,14 @@ class ChainWriter:
     def __init__(self, schema: str, events_table: str = EVENTS_TABLE, chain_table: str = CHAIN_TABLE) -> None:
         self.schema, self.events_table, self.chain_table = schema, events_table, chain_table
         s, events, chain = Identifier(schema), Identifier(events_table), Identifier(chain_table)
-        self._select_head = SQL(
-            "SELECT digest FROM {s}.{chain} ORDER BY link_id DESC LIMIT 1"
+        # One round trip: the head read and the link's digest computed where it is appended.
+        self._append_link = SQL(
+            "WITH v AS (SELECT %b::bytea AS leaves),"
+            " head AS (SELECT coalesce((SELECT digest FROM {s}.{chain} ORDER BY link_id DESC LIMIT 1),"
+            " %b::bytea) AS digest)"
+            " INSERT INTO {s}.{chain} (last_notification_id, events, event_digests, digest, previous_digest)"
+            " SELECT %s::bigint, %s::integer, v.leaves, sha256(%b::bytea || head.digest || %b::bytea || v.leaves),"
+            " head.digest FROM v, head"
         ).format(s=s, chain=chain)
         self._insert_link = SQL(
             "INSERT INTO {s}.{chain} (last_notification_id, events, event_digests, digest, previous_digest)"
@@ -189,34 +221,20 @@ class ChainWriter:
             ).format(s=s, chain=chain, head=Identifier(HEAD_FUNCTION)),
         ]
 
-    def extend(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        notification_ids: Sequence[int],
-        state_digests: Sequence[bytes | None],
-    ) -> None:
-        """Appends the link of `stored_events`, just inserted with `notification_ids`, in the
-        transaction of `curs`, which holds the event table's EXCLUSIVE lock."""
-        if len(notification_ids) != len(stored_events) or not stored_events:
-            raise ValueError(f"{len(stored_events)} events recorded, {len(notification_ids)} notification ids")
-        curs.execute(self._select_head, prepare=True)
-        head = curs.fetchone()
-        previous = bytes(head["digest"]) if head is not None else GENESIS
-        order = sorted(range(len(stored_events)), key=notification_ids.__getitem__)
-        leaves = b"".join(
-            event_leaf(
-                notification_ids[i],
-                stored_events[i].originator_id,
-                stored_events[i].originator_version,
-                stored_events[i].topic,
-                state_digests[i],
-            )
-            for i in order
+    def extend(self, curs: Cursor[DictRow], notification_ids: Sequence[int], prepared: Sequence[HASH]) -> None:
+        """Appends the link of the events just inserted with `notification_ids` (`prepared` by
+        `prepare`, in the same order), in the transaction of `curs`, which holds the event
+        table's EXCLUSIVE lock."""
+        if len(notification_ids) != len(prepared) or not prepared:
+            raise ValueError(f"{len(prepared)} events recorded, {len(notification_ids)} notification ids")
+        order = sorted(range(len(prepared)), key=notification_ids.__getitem__)
+        leaves = b"".join(leaf_of(prepared[i], notification_ids[i]) for i in order)
+        last, count = notification_ids[order[-1]], len(order)
+        curs.execute(
+            self._append_link,
+            (leaves, GENESIS, last, count, LINK_DOMAIN, _I64.pack(last) + _I64.pack(count)),
+            prepare=True,
         )
-        last = notification_ids[order[-1]]
-        digest = link_digest(previous, last, len(order), leaves)
-        curs.execute(self._insert_link, (last, len(order), leaves, digest, previous), prepare=True)
 
     def ensure_first_link(self, curs: Cursor[DictRow]) -> None:
         """The chain's first link, if it has none: over every event recorded so far (module docstring).

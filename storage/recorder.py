@@ -31,7 +31,7 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from schemas.policy import Policy
-from storage.chain import ChainWriter, state_digest
+from storage.chain import ChainWriter, prepare
 from storage.transcoder import FAST_MAPPING_ENV
 
 POSITIONS_TABLE = "kafka_positions"
@@ -193,9 +193,10 @@ class LedgerRecorder(PostgresProcessRecorder):
 
         The link is appended after the events' INSERT, under the event table's EXCLUSIVE
         lock that `_insert_stored_events` takes (held to COMMIT): writers extend the chain one
-        after the other. The states are hashed before, outside the lock.
+        after the other. The events are hashed before, outside the lock, all but their
+        notification ids.
         """
-        state_digests = [state_digest(e.state) for e in stored_events]
+        prepared = prepare(stored_events)
         with self.datastore.get_connection() as conn, conn.transaction():
             with conn.cursor() as curs:
                 self._insert_events(curs, stored_events, **kwargs)
@@ -204,18 +205,12 @@ class LedgerRecorder(PostgresProcessRecorder):
             with conn.cursor() as curs:
                 self._insert_stored_events(curs, stored_events, **kwargs)
                 notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-                self._extend_chain(curs, stored_events, notification_ids or (), state_digests)
+                self._extend_chain(curs, notification_ids or (), prepared)
                 return notification_ids
 
-    def _extend_chain(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        notification_ids: Sequence[int],
-        state_digests: Sequence[bytes | None],
-    ) -> None:
+    def _extend_chain(self, curs: Cursor[DictRow], notification_ids: Sequence[int], prepared: Sequence[Any]) -> None:
         """The batch's link of the chain (`storage.chain`), in the batch's transaction."""
-        self.chain.extend(curs, stored_events, notification_ids, state_digests)
+        self.chain.extend(curs, notification_ids, prepared)
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Any, **kwargs: Any) -> None:
         positions: Sequence[tuple[str, str, int, int, bytes | None]] = kwargs.get("positions", ())

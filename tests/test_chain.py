@@ -92,17 +92,17 @@ def test_the_canonical_encoding_is_the_documented_one() -> None:
     topic = "ledger.aggregates:Fund.Moved"
     leaf = hashlib.sha256(
         b"pooling-ledger/chain/event/v1\x00"
-        + (41).to_bytes(8, "big")
         + bytes.fromhex("7d8c3f0e2a4b4c6d9e1f0a1b2c3d4e5f")
         + (3).to_bytes(8, "big")
         + len(topic).to_bytes(4, "big") + topic.encode()
         + (32).to_bytes(4, "big") + hashlib.sha256(state).digest()
+        + (41).to_bytes(8, "big")
     ).digest()
     assert event_leaf(41, originator, 3, topic, state_digest(state)) == leaf
     assert event_leaf(41, str(originator), 3, topic, state_digest(state)) == leaf
     null_leaf = hashlib.sha256(
-        b"pooling-ledger/chain/event/v1\x00" + (41).to_bytes(8, "big") + originator.bytes
-        + (3).to_bytes(8, "big") + b"\xff\xff\xff\xff" + b"\xff\xff\xff\xff"
+        b"pooling-ledger/chain/event/v1\x00" + originator.bytes + (3).to_bytes(8, "big")
+        + b"\xff\xff\xff\xff" + b"\xff\xff\xff\xff" + (41).to_bytes(8, "big")
     ).digest()
     assert event_leaf(41, originator, 3, None, None) == null_leaf  # NULLs are not empty strings
     assert event_leaf(41, originator, 3, "", state_digest(b"")) != null_leaf
@@ -113,8 +113,8 @@ def test_the_canonical_encoding_is_the_documented_one() -> None:
     ).digest()
     assert link_digest(GENESIS, 42, 2, leaf + null_leaf) == link
     # pinned: a change of the encoding would break every stored chain
-    assert leaf.hex() == "106c2d2405862b5f2384ef73926400cacd0bd1560496660588655f70b9ac8293"
-    assert link.hex() == "f2378172f3df7e7e492bc58e63c9397ede5185274347c99719dda871c7678a00"
+    assert leaf.hex() == "da337e7eca14fdf68f15187baf238e80f70227ba830dbd4f8a0248b867d5d598"
+    assert link.hex() == "c4eba33b34e621c3b7a20c2ad806071d7a8b2ea0c2c4492f6900001529f7bde4"
 
 
 # -- on PostgreSQL -------------------------------------------------------------------------------
