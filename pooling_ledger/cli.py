@@ -731,6 +731,134 @@ def _write_statement(
         typer.echo(data.decode(), nl=False)
 
 
+# -- a realistic province over several fiscal years (issue 10) ---------------------------------
+
+
+@app.command()
+def simulate(
+    years: Annotated[
+        str, typer.Option(help="Fiscal years FIRST-LAST (or one year); each is closed the January after.")
+    ] = "2024-2026",
+    events: Annotated[
+        int, typer.Option("--events", "-n", min=1_000, help="Messages in all, exactly (at least 1,000 a year).")
+    ] = 100_000,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSON Lines file to write: one message a line.")
+    ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="Publish to the events topic (POOLING_EVENTS_TOPIC, keyed by city) instead of writing a file, "
+            "as `publish` does.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and options give the same bytes.")] = 1,
+    bad_share: Annotated[
+        str,
+        typer.Option(
+            "--bad-share",
+            help="Share of all messages that are not clean: one fraction (0.01: 35 % re-delivered duplicates, "
+            "15 % invalid, 35 % rule-breaking, 15 % valid but delivered late), or "
+            "duplicate=F,invalid=F,rule=F,late=F; 0 gives a clean stream in business-time order.",
+        ),
+    ] = "0.01",
+    expectations: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write each message's expected fate, line for line, as JSON Lines "
+            "(event_id, status, reason, kind, late).",
+        ),
+    ] = None,
+) -> None:
+    """Simulate Anhui's provincial pooling over fiscal years (2024-2026 by default) as upstream events.
+
+    A deterministic stream (pooling_ledger/province.py) for the policy in force
+    (POOLING_POLICY_FILE, default Anhui's): the 16 cities sized by the 2020 census, both schemes,
+    openings first; monthly contributions (employers, employees' own to the personal accounts,
+    residents, medical assistance), resident subsidies by finance level at the per-capita standard
+    with their headcounts, claims by category and hospital level with a winter peak (some treated
+    in another city, some paid from personal accounts), recoveries, reversals, interest and the
+    major-illness premium; budgets each December (and BudgetAdjusted when claims run high);
+    adjustment-fund extractions from each scheme's phase on within the X2 cap and the X4 ceiling;
+    allocations to cities with a gap within its share (X5); year closes each January. A share of
+    the messages are duplicates, invalid, rule-breaking or late (--bad-share), each with the fate
+    the ledger must give it (--expectations).
+
+    Messages are in business-time order except the late ones. Nothing is held in memory per
+    message: 10,000,000 take the memory of 10,000. A progress bar shows on a terminal.
+    """
+    from pooling_ledger.province import BadShare, ProvinceSimulation, Simulated, parse_years
+
+    if (output is None) != publish:
+        _fail("give either -o FILE or --publish")
+    settings = _settings()
+    try:
+        sim = ProvinceSimulation(
+            _seed_policy(settings), events=events, seed=seed, years=parse_years(years),
+            bad_share=BadShare.parse(bad_share),
+        )
+    except ValueError as error:
+        _fail(str(error))
+
+    def stream() -> Any:
+        """The messages, with a progress bar on a terminal (stderr), quiet otherwise."""
+        if not sys.stderr.isatty():
+            yield from sim.messages()
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("simulate", total=events)
+            for count, message in enumerate(sim.messages(), 1):
+                yield message
+                if count % 2_000 == 0 or count == events:
+                    progress.update(task, completed=count)
+
+    expected_file = expectations.open("w", encoding="utf-8") if expectations else None
+
+    def expect(message: Simulated) -> None:
+        if expected_file is not None:
+            expected_file.write(json.dumps({"event_id": message.event_id, **message.expected.as_json()}) + "\n")
+
+    try:
+        if output is not None:
+            with output.open("wb") as lines:
+                for message in stream():
+                    lines.write(message.value + b"\n")
+                    expect(message)
+            where = {"written": sim.totals.messages, "file": str(output)}
+        else:
+            from kafka import KafkaProducer
+
+            from pooling_ledger.services import ServiceUnavailable, kafka
+
+            topic = settings.events_topic
+            try:
+                with kafka(settings, start=False) as bootstrap:
+                    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+                    for message in stream():
+                        producer.send(topic, key=message.key or None, value=message.value)
+                        expect(message)
+                    producer.flush()
+                    producer.close()
+            except ServiceUnavailable as error:
+                _fail(str(error))
+            where = {"published": sim.totals.messages, "topic": topic}
+    finally:
+        if expected_file is not None:
+            expected_file.close()
+    typer.echo(json.dumps({**where, **sim.totals.as_json()}, ensure_ascii=False))
+
+
 def _seed_policy(settings: Settings) -> Any:
     from ledger.policy import load_packaged_policy, load_policy_file
 
