@@ -30,6 +30,9 @@ WRITER_ROLE = "pooling_ledger"
 EVENTS_TABLE = "ledger_events"
 #: Privileges of the writer on the event table (see the module's docstring for UPDATE).
 EVENTS_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE"
+#: The hash chain (`storage.chain`): the writer appends links, never changes one.
+CHAIN_TABLE = "ledger_chain"
+CHAIN_TABLE_PRIVILEGES = "SELECT, INSERT"
 #: Privileges of the writer on every other table of the ledger's schema.
 TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
@@ -100,7 +103,8 @@ def ensure_writer_role(admin_url: str, role: str = WRITER_ROLE, password: str | 
                 ).fetchall()
             ]
             for table in tables:
-                privileges = EVENTS_TABLE_PRIVILEGES if table == EVENTS_TABLE else TABLE_PRIVILEGES
+                privileges = {EVENTS_TABLE: EVENTS_TABLE_PRIVILEGES, CHAIN_TABLE: CHAIN_TABLE_PRIVILEGES}.get(
+                    table, TABLE_PRIVILEGES)
                 target = sql.SQL("{} TO {}").format(sql.Identifier(table), sql.Identifier(role))
                 conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(table), sql.Identifier(role)))
                 conn.execute(sql.SQL("GRANT " + privileges + " ON ") + target)
