@@ -14,7 +14,7 @@ from tests.pipeline_support import claim, contribution
 
 COMMANDS = [
     "demo", "consume", "publish", "balances", "project", "serve", "verify", "replay", "export",
-    "schemas", "schemas export",
+    "schemas", "schemas export", "statement", "simulate", "prepare-db",
 ]
 
 
