@@ -26,6 +26,7 @@ A day of a closed fiscal year is dropped (`drop_year`): nothing can be dated the
 
 from __future__ import annotations
 
+import functools
 from array import array
 from datetime import UTC, datetime, timedelta
 
@@ -38,8 +39,12 @@ _MICROSECOND = timedelta(microseconds=1)
 NET, LOW, PAIRS = 0, 1, 2
 
 
+@functools.lru_cache(maxsize=4096)
 def day_and_instant(occurred_at: str) -> tuple[str, int]:
-    """The business day (CST, ISO) and the instant (microseconds since the epoch) of a time."""
+    """The business day (CST, ISO) and the instant (microseconds since the epoch) of a time.
+
+    Cached: a transfer's time is read for each fund it touches, when checked and when booked.
+    """
     at = datetime.fromisoformat(occurred_at)
     return business_date_of(at).isoformat(), (at - _EPOCH) // _MICROSECOND
 
