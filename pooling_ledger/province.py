@@ -448,8 +448,8 @@ class ProvinceSimulation:
             self.funds[(city, "resident")] = _Fund(city, "resident", population * (10_000 - employee_bp))
         self.fund_list = list(self.funds.values())
         self.province_balance = {s: 0 for s in SCHEMES}
-        self.recent: deque[tuple[dict[str, Any], bytes]] = deque(maxlen=RECENT_POOL)
-        self.reversed_ids: deque[str] = deque(maxlen=REVERSED_POOL)
+        self.recent: deque[tuple[dict[str, Any], bytes, bytes]] = deque(maxlen=RECENT_POOL)  # event, value, key
+        self.reversed_ids: deque[tuple[str, str]] = deque(maxlen=REVERSED_POOL)  # (event_id, its city)
         self.claim_seq = 0
         self.share_bp = self.policy.personal_account_share_bp
         self.base_with_subsidies = self.policy.extraction_base == "contributions_and_subsidies"
@@ -684,7 +684,8 @@ class ProvinceSimulation:
             "province": self.policy.province,
         }
 
-    def _emit(self, event: dict[str, Any], expected: Expected = ACCEPTED, value: bytes | None = None) -> Simulated:
+    def _emit(self, event: dict[str, Any], expected: Expected = ACCEPTED, value: bytes | None = None,
+              key_city: str | None = None) -> Simulated:
         """One message out: its bytes, its expected fate (marked late when dated before the latest
         business time published: every `occurred_at` here is written alike, so the strings
         compare as the instants do), and the totals."""
@@ -704,10 +705,13 @@ class ProvinceSimulation:
         totals.by_type[event["type"]] += 1
         totals.by_fate[expected.fate] += 1
         totals.by_kind[expected.kind] += 1
+        # a reversal names no city: it goes with its original's (`key_city`), so that the
+        # partition keeps the order the ledger decides them in (docs/scaling.md); so does any
+        # re-delivery of it
+        key = str(key_city or event.get("city") or event.get("province") or "").encode()
         if expected.status == "accepted":
             totals.accepted_fen[event["type"]] += event.get("amount_fen", event.get("balance_fen", 0))
-            self.recent.append((event, value))
-        key = str(event.get("city") or event.get("province") or "").encode()
+            self.recent.append((event, value, key))
         event_id = event.get("event_id")
         return Simulated(key, value, event_id if isinstance(event_id, str) else None, expected)
 
@@ -1058,10 +1062,10 @@ class ProvinceSimulation:
         else:  # a personal-account claim
             f.personal += booked.personal_fen
         booked.reversed = True
-        self.reversed_ids.append(booked.event_id)
+        self.reversed_ids.append((booked.event_id, f.city))
         event = self._envelope("EventReversed", ts, booked.source)
         event.update(original_event_id=booked.event_id, reason=self.rng.choice(REVERSAL_REASONS))
-        return self._emit(event)
+        return self._emit(event, key_city=f.city)
 
     def _late_contribution(self, ts: int) -> Simulated | None:
         """A valid contribution delivered late: dated up to three days before the latest
@@ -1080,8 +1084,8 @@ class ProvinceSimulation:
         dated before the latest business time published."""
         if not self.recent:
             return None
-        event, value = self.recent[self._below(len(self.recent))]
-        return self._emit(event, DUPLICATE, value)
+        event, value, key = self.recent[self._below(len(self.recent))]
+        return self._emit(event, DUPLICATE, value, key_city=key.decode())
 
     def _invalid(self, ts: int) -> Simulated:
         """A message the contract refuses (`invalid_schema`) or not JSON at all (`invalid_json`)."""
@@ -1121,8 +1125,8 @@ class ProvinceSimulation:
                 return made
         return self._break_unknown_original(ts)
 
-    def _rejected(self, event: dict[str, Any], reason: str) -> Simulated:
-        return self._emit(event, _RULE[reason])
+    def _rejected(self, event: dict[str, Any], reason: str, key_city: str | None = None) -> Simulated:
+        return self._emit(event, _RULE[reason], key_city=key_city)
 
     def _any_fund(self) -> _Fund:
         return self.rng.choice(self.fund_list)
@@ -1276,9 +1280,9 @@ class ProvinceSimulation:
         if not self.reversed_ids:
             return None
         event = self._envelope("EventReversed", ts, "settlement.anhui")
-        event.update(original_event_id=self.reversed_ids[self._below(len(self.reversed_ids))],
-                     reason=self.rng.choice(REVERSAL_REASONS))
-        return self._rejected(event, "already_reversed")
+        original_id, city = self.reversed_ids[self._below(len(self.reversed_ids))]
+        event.update(original_event_id=original_id, reason=self.rng.choice(REVERSAL_REASONS))
+        return self._rejected(event, "already_reversed", key_city=city)
 
     def _break_reversal_before_original(self, ts: int) -> Simulated | None:
         """P2: a reversal dated before its original (out of order)."""
@@ -1290,15 +1294,15 @@ class ProvinceSimulation:
             return None
         event = self._envelope("EventReversed", booked.at - self._int(1, 3_600), booked.source)
         event.update(original_event_id=booked.event_id, reason=self.rng.choice(REVERSAL_REASONS))
-        return self._rejected(event, "reversal_before_original")
+        return self._rejected(event, "reversal_before_original", key_city=f.city)
 
     def _break_event_id_conflict(self, ts: int) -> Simulated | None:
         """I1: a recent event's id again with another payload."""
         if not self.recent:
             return None
-        event, _ = self.recent[self._below(len(self.recent))]
+        event, _, key = self.recent[self._below(len(self.recent))]
         changed = {**event, "source": f"{event['source']}.replayed-with-changes"}
-        return self._rejected(changed, "event_id_conflict")
+        return self._rejected(changed, "event_id_conflict", key_city=key.decode())
 
 
 #: The rules a rule-breaking event breaks, each by a `_break_*` method of the simulator.
