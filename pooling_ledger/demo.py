@@ -420,11 +420,13 @@ def fate_of(outcome: Outcome) -> str:
 def province_settings(settings: Settings) -> Settings:
     """The demo's own store, and (for its own, memory-only broker) topics of one partition.
 
-    Kafka keeps order within a partition only, and the simulated province's messages depend on
-    one another across cities: a reversal (keyed by the province) on the claim it reverses
-    (keyed by its city), an allocation on the extractions of every city, a year close of an
-    adjustment fund on the closes of the cities. In one partition the ledger decides them in
-    the simulator's order and gives each the fate the simulator expects.
+    Kafka keeps order within a partition only (docs/scaling.md), and the simulated province's
+    messages depend on one another across cities through the provincial adjustment funds: an
+    extraction on the room the other cities' extractions left under the ceiling (X4), an
+    allocation on every city's extractions, the adjustment fund's year close and interest
+    (keyed by the province) on the cities' movements before them. Upstream would publish those
+    in phases, each once the previous one is decided; in one partition the ledger decides every
+    message in the simulator's order and gives each the fate the simulator expects.
     """
     settings = demo_settings(settings)
     if settings.kafka_bootstrap_servers is None:
@@ -455,8 +457,8 @@ def run_province_demo(settings: Settings, sim: ProvinceSimulation, *, as_json: b
         if partitions > 1:
             console.print(
                 f"[yellow]warning:[/] {settings.events_topic} has {partitions} partitions: Kafka keeps order per "
-                "partition only, so messages that depend on another city's (reversals, allocations) may be "
-                "decided before them and get other fates than the simulator expects"
+                "partition only, so the adjustment funds' messages (extractions, allocations, closes), which depend "
+                "on other cities', may be decided out of the simulator's order and meet other fates than it expects"
             )
         ledger = open_ledger(url, policy)
         decided = [0]
