@@ -166,6 +166,13 @@ def row_counts(database_url: str) -> dict[str, int]:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for (t,) in tables}  # type: ignore[index]
 
 
+def chain_link(database_url: str) -> dict[str, Any] | None:
+    from storage.chain import latest_link
+
+    with psycopg.connect(database_url) as conn:
+        return latest_link(conn)
+
+
 def replay(database_url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -228,12 +235,15 @@ def test_what_if_at_4_percent_refuses_exactly_the_extractions_above_it_and_write
     book(database_url)
     before = row_counts(database_url)
     assert before["public.ledger_events"] > 0
+    link_before = chain_link(database_url)
+    assert link_before is not None and link_before["events"] > 0
 
     run = replay(database_url, tmp_path, "--policy", str(policy_at_400_bp(tmp_path)), "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
 
     assert row_counts(database_url) == before  # every table, rows and all
+    assert chain_link(database_url) == link_before  # the hash chain's latest link too
     assert result["policy"]["name"] == load_packaged_policy().name
     assert result["keep_adoptions"] is False
     assert [a["event_id"] for a in result["adoptions_skipped"]] == [eid("adopt-2026")]  # 400 bp throughout
