@@ -723,6 +723,14 @@ class Receipt(Aggregate):
         """Every transfer this event booked, in order (none, one, or two: `split`)."""
         return [t for t in (self.transfer, self.split) if t is not None]
 
+    @property
+    def recovered_claim_event_id(self) -> str | None:
+        """P4: the claim a recovery named, the one its reversal gives the amount back to."""
+        if self.event_type != "RecoveryReceived" or not self.payload:
+            return None
+        claim = self.payload.get("claim_event_id")
+        return None if claim is None else str(claim)
+
     @staticmethod
     def check_reversible(original: Receipt | None, original_event_id: str, reversal_at: datetime) -> None:
         """P2: only an accepted movement is reversed, never a reversal itself, only once, and

@@ -603,17 +603,17 @@ class _Fate:
     def of(cls, receipt: Receipt) -> _Fate:
         return cls(receipt.event_id, receipt.event_type, receipt.payload_sha256, receipt.reason,
                    _compact(receipt.transfer), receipt.reversed_by, receipt.recovered_fen,
-                   _compact(receipt.split), _recovered_claim(receipt))
+                   _compact(receipt.split), receipt.recovered_claim_event_id)
 
     def booked(self) -> dict[str, Any] | None:
-        return dict(zip(_TRANSFER_FIELDS, self.transfer, strict=True)) if self.transfer is not None else None
+        return _expanded(self.transfer)
 
     def receipt(self, id: UUID) -> Receipt:
         payload = {"claim_event_id": self.recovers} if self.recovers is not None else None
         common = {"event_id": self.event_id, "event_type": self.event_type,
                   "payload_sha256": self.payload_digest, "payload": payload, "source": None}
         if self.reason is None:
-            split = {"split": dict(zip(_TRANSFER_FIELDS, self.split, strict=True))} if self.split else {}
+            split = {"split": _expanded(self.split)} if self.split else {}
             receipt = Receipt.accept(id, transfer=self.booked(), balances={}, **split, **common)
         else:
             receipt = Receipt.reject(id, reason=self.reason, rule="", detail="", raw_base64=None, **common)
@@ -621,13 +621,6 @@ class _Fate:
         receipt.reversed_by = self.reversed_by
         receipt.recovered_fen = self.recovered_fen
         return receipt
-
-
-def _recovered_claim(receipt: Receipt) -> str | None:
-    if receipt.event_type != "RecoveryReceived" or not receipt.payload:
-        return None
-    claim = receipt.payload.get("claim_event_id")
-    return None if claim is None else str(claim)
 
 
 def _compact(booked: dict[str, Any] | None) -> tuple[Any, ...] | None:
@@ -638,6 +631,11 @@ def _compact(booked: dict[str, Any] | None) -> tuple[Any, ...] | None:
         sys.intern(v) if type(v) is str and k in _SHARED_FIELDS else v
         for k, v in ((k, booked[k]) for k in _TRANSFER_FIELDS)
     )
+
+
+def _expanded(compact: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """The booked transfer `_compact` made a tuple of, as a dict again."""
+    return dict(zip(_TRANSFER_FIELDS, compact, strict=True)) if compact is not None else None
 
 
 _TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))

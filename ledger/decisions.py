@@ -194,7 +194,7 @@ def close_year(e: FiscalYearClosed, terms: PolicyTerms, state: State) -> None:
         personal.check_previous_year_closed(e.fiscal_year)
     fund.close_year(e.fiscal_year, income_fen, str(e.event_id), day)
     if personal is not None:
-        personal.close_year(e.fiscal_year, personal.total_with_prefix_fen(e.fiscal_year, "contribution."),
+        personal.close_year(e.fiscal_year, personal.collected_income_fen(e.fiscal_year, with_subsidies=False),
                             str(e.event_id), day)
 
 
@@ -217,9 +217,9 @@ def reversal(e: EventReversed, terms: PolicyTerms, state: State) -> list[Transfe
         ))
     book_together(opposites, state)
     original.mark_reversed(str(e.event_id))
-    recovered_claim = (original.payload or {}).get("claim_event_id") if original.event_type == "RecoveryReceived" else None
+    recovered_claim = original.recovered_claim_event_id
     if recovered_claim is not None:  # P4: what a reversed recovery brought back counts no more
-        claim_receipt = state.receipt_of(str(recovered_claim))
+        claim_receipt = state.receipt_of(recovered_claim)
         if claim_receipt is not None:
             claim_receipt.record_recovery(str(e.event_id), -opposites[0].amount_fen)
     return opposites
