@@ -134,6 +134,15 @@ class Servers:
         if not self.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def server_pids(self) -> dict[str, int]:
+        """The embedded servers' pids (empty for servers named by DATABASE_URL and so on)."""
+        pids = {}
+        for name, server in (("postgres", self._pg), ("broker", self._kafka)):
+            proc = getattr(server, "_proc", None)
+            if proc is not None:
+                pids[name] = proc.pid
+        return pids
+
     def store(self, name: str) -> Store:
         suffix = uuid.uuid4().hex[:8]
         database_url = _create_database(self.server_url, f"bench_{name}_{suffix}")
@@ -226,6 +235,35 @@ def last_json(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- RSS
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process, its living descendants and the children it
+    has reaped (a postmaster's ended backends count)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each named process tree spent between `__init__` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {name: round(cpu_seconds(pid) - self.before[name], 1) for name, pid in self.pids.items()}
 
 
 class RssSampler:
@@ -416,6 +454,8 @@ def ingest(servers: Servers, events: int, *, seed: int = 8, name: str = "ingest"
             time.sleep(0.2)
         if on_ready is not None:
             on_ready(consume)
+        cpu = CpuMeter({"consume": consume.pid, **servers.server_pids()})
+        cpu_self = sum(os.times()[2:4])  # the publishers this bench runs (reaped children)
         publish_s = 0.0
         phase_s: list[float] = []
         target = 0
@@ -447,6 +487,7 @@ def ingest(servers: Servers, events: int, *, seed: int = 8, name: str = "ingest"
                 time.sleep(SCRAPE_INTERVAL_S)
             phase_s.append(round(time.perf_counter() - started - sum(phase_s), 2))
         seconds = time.perf_counter() - started
+        cpu_s = {**cpu.stop(), "publish": round(sum(os.times()[2:4]) - cpu_self, 1)}
     finally:
         sampler.stop()
         if consume.poll() is None:
@@ -480,9 +521,12 @@ def ingest(servers: Servers, events: int, *, seed: int = 8, name: str = "ingest"
         "phases": [{"messages": count, "seconds": sec} for (_, count), sec in zip(files, phase_s, strict=True)],
         "consumer_outcomes": outcomes,
         "consumer_peak_rss_mb": round(sampler.peak / MB),
+        "cpu_seconds": cpu_s,
+        "cpu_us_per_message": {k: round(1e6 * v / total) for k, v in cpu_s.items()},
     }
     log(f"{name}: {total:,} messages end to end in {seconds:.1f} s = {result['events_per_s']:,}/s;"
         f" consumer peak RSS {result['consumer_peak_rss_mb']} MB; outcomes {outcomes}")
+    log(f"{name}: CPU per message (us): " + ", ".join(f"{k} {v:,}" for k, v in result["cpu_us_per_message"].items()))
     return store, result
 
 

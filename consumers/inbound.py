@@ -65,6 +65,14 @@ _INPUT_REASONS: dict[type[Exception], Reason] = {
 }
 
 
+def _as_data(error: InputError) -> InputError:
+    """A parse error kept on its message: without its traceback and the exceptions it was raised
+    while handling (`raise ... from None` keeps `__context__`), whose frames would hold the batch
+    being parsed in a reference cycle that only Python's full collection frees."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
+
+
 @dataclass(frozen=True)
 class Inbound:
     """One upstream message: parsed, or with the reason it could not be.
@@ -103,7 +111,7 @@ class Inbound:
         try:
             return cls(raw, position, event=parse_event(raw))
         except (InvalidJson, InvalidSchema) as error:
-            return cls(raw, position, error=error)
+            return cls(raw, position, error=_as_data(error))
         except Exception as error:  # noqa: BLE001 - parsing is total: a bug becomes a fate
             return cls(raw, position, error=ParseFailed(f"parsing failed: {error_text(error)}"))
 

@@ -30,6 +30,7 @@ def main(
     _leave_signals_to_parent()
     from consumers.metrics import count_retry
     from consumers.relay import Relay
+    from pooling_ledger.processes import collect_garbage_for_throughput
     from storage import DatabaseRetry, RetryStopped, open_ledger, refresh_connections
 
     ledger = open_ledger(database_url, create_tables=False)
@@ -43,10 +44,12 @@ def main(
             should_stop=stopping.is_set,
         )
 
+    full_collection = collect_garbage_for_throughput()
     try:
         while not stopping.is_set():
             if not publish():
                 stopping.wait(RELAY_IDLE_WAIT_S)
+            full_collection()
         publish()
     except RetryStopped:
         pass  # stopped while PostgreSQL was away: the next relay publishes what is left

@@ -122,8 +122,10 @@ def consume(
     should_stop: Callable[[], bool] = lambda: False,
     idle_exit_s: float | None = None,
     retry: DatabaseRetry | None = None,
+    between_batches: Callable[[], None] = lambda: None,
 ) -> ConsumeStats:
     """Runs until `should_stop()` or, with `idle_exit_s`, once nothing arrived for that long.
+    `between_batches` is called after each batch (the process's full garbage collections).
 
     `relay` publishes from a thread of this process (a `Relay`) or from its own process.
     A batch that fails on a lost PostgreSQL connection is decided again once it is back
@@ -134,7 +136,7 @@ def consume(
     with relay_process.group_signals_held():  # a group's SIGTERM is this process's to handle
         worker.start()
     try:
-        stats = _ingest(ingestor, worker, should_stop, idle_exit_s, retry)
+        stats = _ingest(ingestor, worker, should_stop, idle_exit_s, retry, between_batches)
     finally:
         worker.stop()
     log.info("consume_stopped", batches=stats.batches, **dict(stats.outcomes))
@@ -147,6 +149,7 @@ def _ingest(
     should_stop: Callable[[], bool],
     idle_exit_s: float | None,
     retry: DatabaseRetry,
+    between_batches: Callable[[], None],
 ) -> ConsumeStats:
     stats = ConsumeStats()
     idle_since: float | None = None
@@ -159,6 +162,7 @@ def _ingest(
             )
         except RetryStopped:
             break  # the unsaved batch is read again from the stored positions next time
+        between_batches()
         if outcomes:
             stats.batches += 1
             stats.outcomes.update(o.status for o in outcomes)

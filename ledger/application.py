@@ -431,6 +431,9 @@ class Ledger(Application[UUID]):
         try:
             decided = self._decide(message, work)
         except Rejected as rejection:
+            # A refusal kept on its message came back with this batch's frames on its traceback:
+            # a cycle holding the whole batch that only Python's full collection would free.
+            rejection.__traceback__ = None
             _decided_on_its_day(message, work)
             return self._reject(rid, message, rejection, work)
         _decided_on_its_day(message, work)

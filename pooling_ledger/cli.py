@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from pooling_ledger.logs import configure_logging
+from pooling_ledger.processes import collect_garbage_for_throughput
 from pooling_ledger.settings import Settings
 
 app = typer.Typer(
@@ -187,6 +188,7 @@ def consume(
             stats = consume_loop(
                 ingestor, relay, should_stop=lambda: stop[0], idle_exit_s=idle_exit,
                 retry=DatabaseRetry(max_s=settings.db_retry_max_s, on_retry=count_retry),
+                between_batches=collect_garbage_for_throughput(),
             )
         finally:
             ingestor.close()
@@ -499,8 +501,15 @@ def replay(
     again = None
     with database(settings, as_found=True) as url:
         ledger = open_ledger(url, _seed_policy(settings), create_tables=False)
+        full_collection = collect_garbage_for_throughput()
         try:
-            with whatif.progress_bar(not as_json, "replaying") as progress:
+            with whatif.progress_bar(not as_json, "replaying") as bar:
+
+                def progress(decisions: int, position: int, last: int) -> None:  # after each batch
+                    full_collection()
+                    if bar is not None:
+                        bar(decisions, position, last)
+
                 if until_at is None and what_if is None:
                     result = run_replay(ledger, settings.message_size_max, progress=progress)
                 else:

@@ -16,7 +16,6 @@ digits (an integer orjson would turn into a float), is read by eventsourcing's t
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,8 +26,11 @@ from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 _TAG = b'"_type_"'
-#: 19 digits in a row: maybe an integer orjson cannot hold (it makes such a one a float).
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+#: Every byte to a space but the digits, which become "9": 19 nines in a row in the translated
+#: text are 19 digits in a row, maybe an integer orjson cannot hold (it makes such a one a float).
+#: bytes.translate and `in` are C loops; the regex `[0-9]{19}` took 8 us per receipt.
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER = b"9" * 19
 
 
 class FastTranscoder(JSONTranscoder):
@@ -42,7 +44,7 @@ class FastTranscoder(JSONTranscoder):
             return self.encode(obj)
 
     def decode(self, data: bytes) -> Any:
-        if _LONG_NUMBER.search(data):
+        if _LONG_NUMBER in data.translate(_DIGITS_ONLY):
             return super().decode(data)  # orjson would read an integer past 64 bits as a float
         try:
             value = orjson.loads(data)
