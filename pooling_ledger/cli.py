@@ -202,10 +202,11 @@ def _serve_consumer_metrics(port: int, ledger: Any, url: str) -> None:
 
     from consumers.metrics import REGISTRY, ReadingCollector, serve_metrics
     from consumers.relay import RELAY_NAME
-    from projections.projector import lag as projection_lag
+    from projections.projector import LagCounter
     from storage import ledger_recorder
 
     recorder = ledger_recorder(ledger)
+    projection_lag = LagCounter()
 
     def relay_backlog() -> int:
         last = recorder.max_notification_id() or 0

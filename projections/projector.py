@@ -7,6 +7,7 @@ restarted applies every notification exactly once.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import datetime
 from importlib import resources
@@ -397,6 +398,59 @@ class Projector:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class LagCounter:
+    """`lag`, kept up to date by counting only what changed since it last counted: the
+    notifications recorded since, and those the projection applied since.
+
+    `lag` counts the whole backlog at each call: the consumer's metrics, scraped every 0.5 s by
+    the bench with no projector running, spent about 100 us of PostgreSQL's CPU per ingested
+    message on it at 1,000,000 messages (pg_stat_statements). Notification ids become visible
+    in order (one writer at a time holds the event table's lock), so the two ranges are exact.
+    Thread-safe: a metrics server answers each scrape on a thread of its own.
+    """
+
+    def __init__(self, events_table: str = "ledger_events") -> None:
+        self.events_table = psycopg.sql.Identifier(events_table)
+        self._lock = threading.Lock()
+        #: (projection position, last notification id, lag) when last counted
+        self._counted: tuple[int, int, int] | None = None
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> int:
+        with self._lock:
+            row = conn.execute(
+                psycopg.sql.SQL(
+                    "SELECT (SELECT notification_id FROM pl_tracking WHERE projection = %s),"
+                    " (SELECT max(notification_id) FROM {})"
+                ).format(self.events_table),
+                (PROJECTION_NAME,),
+            ).fetchone()
+            position, last = (row[0], row[1] or 0) if row else (None, 0)
+            if position is None:  # no projection yet: nothing it lags behind (as `lag`)
+                self._counted = None
+                return 0
+            counted = self._counted
+            if counted is None or position < counted[0] or last < counted[1]:  # a rebuild, a new store
+                lag_now = self._count(conn, position, last)
+            else:
+                was_position, was_last, was_lag = counted
+                lag_now = (was_lag - self._count(conn, was_position, min(position, was_last))
+                           + self._count(conn, max(position, was_last), last))
+            self._counted = (position, last, lag_now)
+            return lag_now
+
+    def _count(self, conn: psycopg.Connection[Any], after: int, up_to: int) -> int:
+        if up_to <= after:
+            return 0
+        row = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT count(*) FROM {} WHERE notification_id > %s AND notification_id <= %s"
+                " AND topic = ANY(%s)"
+            ).format(self.events_table),
+            (after, up_to, list(TOPICS)),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
 
 def lag(conn: psycopg.Connection[Any], events_table: str = "ledger_events") -> int:

@@ -29,7 +29,7 @@ from ledger.application import Ledger
 from ledger.policy import load_packaged_policy
 from pooling_ledger.simulate import Simulation, pooling_year
 from projections import queries
-from projections.projector import PROJECTION_NAME, Projector
+from projections.projector import PROJECTION_NAME, LagCounter, Projector, lag
 from projections.rebuild import rebuild_from_zero
 from storage import open_ledger
 from tests import upstream
@@ -590,16 +590,26 @@ def test_projecting_page_by_page_while_the_ledger_grows_counts_everything_once(
     model = Model(cities=tuple(sim.policy.cities))
     feed = Feed(ledger)
     projector = Projector(ledger, database_url, page_size=250)
+    counted = LagCounter()  # the consumer's metric: counts only what changed since it last counted
     try:
         for messages, rejected in phases:
             feed.send(messages)
             model.feed(messages, rejected)
             with read(database_url) as conn:
                 assert queries.health(conn)["projection_lag"] > 0
+                assert counted(conn) == lag(conn)  # lag counts the whole backlog
             projector.run_once()  # one page now, the rest later
+            with read(database_url) as conn:
+                assert counted(conn) == lag(conn)
         projector.run_until_caught_up()
         assert projector.run_until_caught_up() == 0  # caught up: nothing applied twice
         assert projector.lag() == 0
+        with psycopg.connect(database_url) as conn:
+            assert counted(conn) == 0
+            conn.execute("UPDATE pl_tracking SET notification_id = 0")  # as before a rebuild
+            assert counted(conn) == lag(conn) > 0
+            conn.rollback()
+            assert counted(conn) == 0
     finally:
         projector.close()
     project(database_url, ledger)  # a second projector starts from the stored position
