@@ -46,7 +46,8 @@ SELECT notification_id,
        s->'source' AS src,
        CASE WHEN s->>'event_type' = 'OpeningBalanceRecorded' THEN s->'payload' END AS opening
 FROM (SELECT notification_id, convert_from(state, 'UTF8')::jsonb AS s
-      FROM {events} WHERE topic = %(accepted)s AND notification_id <= %(upto)s) AS stored
+      FROM {events} WHERE topic = %(accepted)s AND notification_id <= %(upto)s
+      OFFSET 0) AS stored  -- kept a subquery: flattened, each use of `s` parsed the JSON again
 """
 
 # Both legs of every transfer: credit positive, debit negative. A reversal takes its
