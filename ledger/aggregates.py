@@ -7,6 +7,7 @@ Each command checks its rule in a `check_*` method named after RULES.md and rais
 
 from __future__ import annotations
 
+import functools
 from copy import deepcopy
 from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -40,6 +41,9 @@ PREMIUM_CATEGORY = "premium.critical_illness"
 YEAR_KEYED_STATE = ("totals_fen", "year_net_fen", "budgets", "closed_years")
 
 POLICY_BOOK_ID = uuid5(accounts.LEDGER_NAMESPACE, "policy-book")
+#: Receipt ids kept computed: a message's is asked for by the batch, its decision and replay's
+#: comparison (uuid5 was 5 % of replay's samples).
+RECEIPT_IDS_CACHED = 8192
 
 
 class Leg(Protocol):
@@ -635,6 +639,7 @@ def _days_before_revision_2(fund: Fund) -> daybook.DayBook:
     return days
 
 
+@functools.lru_cache(maxsize=RECEIPT_IDS_CACHED)
 def receipt_id(event_id: str) -> UUID:
     """The receipt of an upstream `event_id` (I1: one fate per producer's idempotency key)."""
     return uuid5(accounts.LEDGER_NAMESPACE, f"event:{event_id}")

@@ -82,10 +82,11 @@ class PolicyTerms:
                 "I2",
                 f"province {event.province} is not {policy.province}, the province of policy {policy.name!r}",
             )
-        city = getattr(event, "city", None)
+        fields = vars(event)  # an event type without the field: pydantic's __getattr__ would raise
+        city = fields.get("city")
         if city is not None and city not in policy.cities:
             raise Rejected(Reason.unknown_city, "I2", f"city {city} is not in policy {policy.name!r}")
-        treated_in = getattr(event, "institution_city", None)  # E7
+        treated_in = fields.get("institution_city")  # E7
         if treated_in is not None and treated_in not in policy.cities:
             raise Rejected(
                 Reason.unknown_city, "I2", f"institution_city {treated_in} is not in policy {policy.name!r}"
