@@ -662,7 +662,23 @@ class Receipt(Aggregate):
     re-delivery can be told apart from a conflicting reuse of the event_id.
     """
 
-    class Accepted(AggregateCreated):
+    class _Created(AggregateCreated):
+        """A receipt's first event: the receipt made from it directly (eventsourcing's generic
+        `mutate` filters the event's fields through the signatures of two `__init__`s, for every
+        message: 3 % of replay)."""
+
+        def mutate(self, aggregate: Any) -> Any:
+            assert aggregate is None
+            fields = vars(self)
+            receipt = object.__new__(Receipt)
+            receipt.__base_init__(self.originator_id, self.originator_version, self.timestamp)
+            receipt.__init__(  # type: ignore[misc]
+                fields["event_id"], fields["event_type"], fields["payload_sha256"], fields["payload"],
+                reason=fields.get("reason"), transfer=fields.get("transfer"), split=fields.get("split"),
+            )
+            return receipt
+
+    class Accepted(_Created):
         event_id: str
         event_type: str
         payload_sha256: str
@@ -675,7 +691,7 @@ class Receipt(Aggregate):
         #: Absent from receipts recorded before it was added.
         split: dict[str, Any] | None = None
 
-    class Rejected(AggregateCreated):
+    class Rejected(_Created):
         event_id: str | None
         event_type: str | None
         payload_sha256: str

@@ -428,15 +428,17 @@ class Ledger(Application[UUID]):
         prior = work.receipt(rid)
         if prior is not None:
             return self._redelivered(prior, message)
+        day = None if message.event is None else business_date_of(message.event.occurred_at)
         try:
-            decided = self._decide(message, work)
+            decided = self._decide(message, day, work)
         except Rejected as rejection:
             # A refusal kept on its message came back with this batch's frames on its traceback:
             # a cycle holding the whole batch that only Python's full collection would free.
             rejection.__traceback__ = None
-            _decided_on_its_day(message, work)
             return self._reject(rid, message, rejection, work)
-        _decided_on_its_day(message, work)
+        finally:
+            if day is not None:  # I4: a decision was taken on the event's business day, whatever its fate
+                work.decided_days.add(day)
         transfers = [] if decided is None else [decided] if isinstance(decided, Transfer) else decided
         split = {"split": transfers[1].as_booking()} if len(transfers) > 1 else {}
         work.add(Receipt.accept(
@@ -448,14 +450,13 @@ class Ledger(Application[UUID]):
         ))
         return Outcome("accepted", message.event_id, message.event_type, source=message.source)
 
-    def _decide(self, message: Message, work: _WorkingSet) -> Transfer | list[Transfer] | None:
-        """Get, decide: the policy in force on the event's day, then the event type's decision."""
-        if message.event is None:
+    def _decide(self, message: Message, day: date | None, work: _WorkingSet) -> Transfer | list[Transfer] | None:
+        """Get, decide: the policy in force on the event's `day`, then the event type's decision."""
+        if message.event is None or day is None:
             assert message.refusal is not None
             raise message.refusal
         event = message.event
         book = work.policy_book()
-        day = business_date_of(event.occurred_at)
         book.check_policy_in_force(day)
         terms = PolicyTerms(book.policy_in_force(day))
         terms.check_known_codes(event)
@@ -644,12 +645,6 @@ def _expanded(compact: tuple[Any, ...] | None) -> dict[str, Any] | None:
 _TRANSFER_FIELDS = tuple(field.name for field in fields(Transfer))
 #: Fields whose values repeat across transfers (account names, categories): kept once each.
 _SHARED_FIELDS = frozenset({"kind", "debit_account", "credit_account", "category"})
-
-
-def _decided_on_its_day(message: Message, work: _WorkingSet) -> None:
-    """I4: a decision was taken on the event's business day, whatever its fate."""
-    if message.event is not None:
-        work.decided_days.add(business_date_of(message.event.occurred_at))
 
 
 def _kept_in_memory(aggregate: Aggregate) -> bool:
