@@ -18,9 +18,9 @@ another policy, and report instead of checking: `pooling_ledger/whatif.py`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from eventsourcing.utils import get_topic
@@ -39,6 +39,7 @@ TOPICS = tuple(get_topic(cls) for cls in _DECISIONS)
 
 #: Told after each batch: decisions taken so far, the notification id reached, the last one.
 Progress = Callable[[int, int, int], None]
+_Input = TypeVar("_Input")
 
 
 @dataclass
@@ -93,26 +94,42 @@ def replay(
     progress: Progress | None = None,
 ) -> Replay:
     result = Replay()
-    last = recorded.recorder.max_notification_id() or 0
     fresh = InMemoryLedger(seed_policy=seed_policy_of(recorded))
     decode = recorded.mapper.transcoder.decode
-    batch: list[tuple[Inbound, Recorded]] = []
-    for notification in recorded.stored_notifications(TOPICS):
-        fate = Recorded(notification.topic, decode(notification.state))
-        if fate.fields.get("reason") == Reason.unprocessable.value:
-            result.unprocessable += 1  # nothing was booked; a re-submission has its own receipt
-            continue
-        batch.append((inbound_of(fate, message_size_max_bytes), fate))
-        if len(batch) >= REPLAY_BATCH_SIZE_MAX:
-            _decide_and_compare(fresh, batch, result)
-            batch = []
-            if progress is not None:
-                progress(result.decisions, notification.id, last)
-    _decide_and_compare(fresh, batch, result)
-    if progress is not None:
-        progress(result.decisions, last, last)
+
+    def inputs() -> Iterator[tuple[int, tuple[Inbound, Recorded]]]:
+        for notification in recorded.stored_notifications(TOPICS):
+            fate = Recorded(notification.topic, decode(notification.state))
+            if fate.fields.get("reason") == Reason.unprocessable.value:
+                result.unprocessable += 1  # nothing was booked; a re-submission has its own receipt
+                continue
+            yield notification.id, (inbound_of(fate, message_size_max_bytes), fate)
+
+    for batch in in_batches(inputs(), recorded.recorder.max_notification_id() or 0, progress):
+        _decide_and_compare(fresh, batch, result)
     _compare_funds(recorded, fresh, result)
     return result
+
+
+def in_batches(inputs: Iterable[tuple[int, _Input]], last: int, progress: Progress | None = None) -> Iterator[list[_Input]]:
+    """`inputs` (each after its notification id) in lists of REPLAY_BATCH_SIZE_MAX, to decide
+    one by one; once each is decided, `progress` is told how many were and where they reached
+    (of `last`)."""
+    batch: list[_Input] = []
+    decided = 0
+    for notification_id, item in inputs:
+        batch.append(item)
+        if len(batch) >= REPLAY_BATCH_SIZE_MAX:
+            yield batch
+            decided += len(batch)
+            batch = []
+            if progress is not None:
+                progress(decided, notification_id, last)
+    if batch:
+        yield batch
+        decided += len(batch)
+    if progress is not None:
+        progress(decided, last, last)
 
 
 def inbound_of(fate: Recorded, message_size_max_bytes: int) -> Inbound:
@@ -139,8 +156,6 @@ def inbound_of(fate: Recorded, message_size_max_bytes: int) -> Inbound:
 
 
 def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, Recorded]], result: Replay) -> None:
-    if not batch:
-        return
     outcomes = record_batch(fresh, [inbound for inbound, _ in batch])
     for (_, fate), outcome in zip(batch, outcomes, strict=True):
         result.decisions += 1

@@ -68,14 +68,7 @@ from ledger.application import InMemoryLedger, Ledger, Outcome
 from ledger.audit import FUND_EVENT_TOPICS, TrialBalance, legs
 from ledger.errors import Reason
 from ledger.policy import load_policy_file
-from pooling_ledger.replay import (
-    REPLAY_BATCH_SIZE_MAX,
-    TOPICS,
-    Progress,
-    Recorded,
-    inbound_of,
-    seed_policy_of,
-)
+from pooling_ledger.replay import TOPICS, Progress, Recorded, in_batches, inbound_of, seed_policy_of
 from schemas.policy import Policy, Scheme
 
 _ACCEPTED = get_topic(Receipt.Accepted)
@@ -329,44 +322,37 @@ def decide_again(
                           keep_adoptions=keep_adoptions or policy is None,
                           recorded=Figures(until), again=fresh.figures)
     decode = recorded.mapper.transcoder.decode
-    last = recorded.recorder.max_notification_id() or 0
-    batch: list[tuple[int, Inbound, Recorded]] = []
-    for notification in recorded.stored_notifications((*TOPICS, *FUND_EVENT_TOPICS)):
-        if notification.topic in _FUND_TOPICS:
-            result.recorded.post((recorded.mapper.to_domain_event(notification),))
-            continue
-        fate = Recorded(notification.topic, decode(notification.state))
-        if fate.fields.get("reason") == Reason.unprocessable.value:
-            result.unprocessable += 1  # nothing was booked (as in replay)
-            continue
-        adoption = fate.fields.get("event_type") == "PolicyAdopted"
-        if adoption and not result.keep_adoptions:
-            payload = fate.fields.get("payload") or {}
-            result.adoptions_skipped.append({
-                "notification_id": notification.id, "event_id": fate.fields.get("event_id"),
-                "effective_from": payload.get("effective_from") if isinstance(payload, dict) else None,
-                "recorded": Fate.recorded(fate).as_json(),
-            })
-            continue
-        inbound = inbound_of(fate, message_size_max_bytes)
-        if until is not None and not adoption and inbound.event is not None and inbound.event.occurred_at > until:
-            result.left_out += 1
-            continue
-        batch.append((notification.id, inbound, fate))
-        if len(batch) >= REPLAY_BATCH_SIZE_MAX:
-            _decide(fresh, batch, result)
-            batch = []
-            if progress is not None:
-                progress(result.decisions, notification.id, last)
-    _decide(fresh, batch, result)
-    if progress is not None:
-        progress(result.decisions, last, last)
+
+    def inputs() -> Iterator[tuple[int, tuple[int, Inbound, Recorded]]]:
+        for notification in recorded.stored_notifications((*TOPICS, *FUND_EVENT_TOPICS)):
+            if notification.topic in _FUND_TOPICS:
+                result.recorded.post((recorded.mapper.to_domain_event(notification),))
+                continue
+            fate = Recorded(notification.topic, decode(notification.state))
+            if fate.fields.get("reason") == Reason.unprocessable.value:
+                result.unprocessable += 1  # nothing was booked (as in replay)
+                continue
+            adoption = fate.fields.get("event_type") == "PolicyAdopted"
+            if adoption and not result.keep_adoptions:
+                payload = fate.fields.get("payload") or {}
+                result.adoptions_skipped.append({
+                    "notification_id": notification.id, "event_id": fate.fields.get("event_id"),
+                    "effective_from": payload.get("effective_from") if isinstance(payload, dict) else None,
+                    "recorded": Fate.recorded(fate).as_json(),
+                })
+                continue
+            inbound = inbound_of(fate, message_size_max_bytes)
+            if until is not None and not adoption and inbound.event is not None and inbound.event.occurred_at > until:
+                result.left_out += 1
+                continue
+            yield notification.id, (notification.id, inbound, fate)
+
+    for batch in in_batches(inputs(), recorded.recorder.max_notification_id() or 0, progress):
+        _decide(fresh, batch, result)
     return result
 
 
 def _decide(fresh: _DecidingLedger, batch: list[tuple[int, Inbound, Recorded]], result: DecidedAgain) -> None:
-    if not batch:
-        return
     fresh.booked.clear()
     outcomes = record_batch(fresh, [inbound for _, inbound, _ in batch])
     for (notification_id, _, fate), outcome in zip(batch, outcomes, strict=True):
