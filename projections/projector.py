@@ -385,10 +385,15 @@ class Projector:
             )
         return len(notifications)
 
+    def fill_from_zero(self) -> int:
+        """An empty projection filled in one set-based pass (`projections.rebuild`), if it is empty
+        and `rebuild` is on; returns how many notifications it applied (0: nothing done)."""
+        return (rebuild_from_zero(self.conn, self.ledger, PROJECTION_NAME) or 0) if self.rebuild else 0
+
     def run_until_caught_up(self) -> int:
         """Projects every recorded notification: from zero in one set-based pass
         (`projections.rebuild`), then page by page."""
-        total = (rebuild_from_zero(self.conn, self.ledger, PROJECTION_NAME) or 0) if self.rebuild else 0
+        total = self.fill_from_zero()
         while applied := self.run_once():
             total += applied
         return total

@@ -25,7 +25,8 @@ def project_loop(
     projector: Projector, should_stop: Callable[[], bool], idle_exit: bool = False,
     retry: DatabaseRetry | None = None,
 ) -> int:
-    """Applies the notification log until stopped (or, with `idle_exit`, until caught up).
+    """Applies the notification log until stopped (or, with `idle_exit`, until caught up): an
+    empty projection in one set-based pass first, then page by page.
 
     A page that fails on a lost PostgreSQL connection is applied again once it is back.
     """
@@ -35,7 +36,10 @@ def project_loop(
         refresh_connections(projector.ledger)
         projector.reconnect()
 
-    total = 0
+    try:  # an empty projection (a new store, a rebuild): set-based first
+        total = retry.call(projector.fill_from_zero, what="project", reconnect=reconnect, should_stop=should_stop)
+    except RetryStopped:
+        return 0
     while not should_stop():
         try:
             applied = retry.call(

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from consumers.booking import record_batch
 from consumers.inbound import Inbound, SourcePosition
@@ -31,6 +32,7 @@ from pooling_ledger.simulate import Simulation, pooling_year
 from projections import queries
 from projections.projector import PROJECTION_NAME, LagCounter, Projector, lag
 from projections.rebuild import rebuild_from_zero
+from projections.service import project_loop
 from storage import open_ledger
 from tests import upstream
 
@@ -462,6 +464,30 @@ def test_a_rebuild_from_zero_fills_the_read_tables_as_paging_does(
         assert rebuilt[table] == paged[table], table
 
 
+def test_the_project_command_fills_an_empty_projection_set_based_then_pages(
+    database_url: str, year_ledger: tuple[Ledger, Model, Feed]
+) -> None:
+    """`pooling-ledger project` and `serve` run `project_loop`: an empty projection is filled in
+    one set-based pass (it used to page from zero), and what is recorded later is paged."""
+    ledger, model, feed = year_ledger
+    projector = Projector(ledger, database_url, page_size=37)
+    try:
+        with capture_logs() as logs:
+            filled = project_loop(projector, lambda: False, idle_exit=True)
+        assert [e["notifications"] for e in logs if e["event"] == "projection_rebuilt"] == [filled]
+        later = [contribution(model.cities[0], "resident", 1_234, "2026-02-20T10:00:00+08:00")]
+        feed.send(later)
+        model.feed(later)
+        with capture_logs() as logs:
+            assert project_loop(projector, lambda: False, idle_exit=True) == 1  # its receipt, paged
+        assert not [e for e in logs if e["event"] == "projection_rebuilt"]
+        assert projector.lag() == 0
+    finally:
+        projector.close()
+    balances = dict(table(database_url, "SELECT account, balance_fen FROM pl_account_balances WHERE balance_fen <> 0"))
+    assert balances == {a: b for a, b in model.balances().items() if b}
+
+
 def test_generated_year_projects_to_figures_the_test_computes_itself(
     database_url: str, year_ledger: tuple[Ledger, Model, Feed]
 ) -> None:
@@ -825,6 +851,11 @@ SMALL_PAGE_PROJECTOR = (
 KILL_WAIT_S = 60
 
 
+def _first_value(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
 def _env(database_url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": database_url, "POOLING_LOG_LEVEL": "error"}
 
@@ -860,20 +891,23 @@ def test_projector_killed_with_sigkill_mid_stream_double_counts_nothing(database
     receipts = len(model.fates) + 1  # + the junk message, which has no event_id
     assert receipts > 12_000
 
-    # the command itself (pages of 5000): killed while starting, then right after its first commit
-    for after in (None, 0.0):
-        start = position(database_url)
+    # the command itself fills the empty projection in one set-based transaction: killed while
+    # starting, during that pass or after it, it leaves none of it or all of it
+    for delay in (0.3, 1.5, 3.0):
         process = subprocess.Popen(
             [sys.executable, "-m", "pooling_ledger.cli", "project"],
             env=_env(database_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        if after is None:
-            time.sleep(0.3)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            continue
-        _kill_when(process, lambda s=start: position(database_url) > s, "pooling-ledger project")
-    assert position(database_url) > 0
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with psycopg.connect(database_url) as conn:
+            made = [t for t in READ_TABLES if _first_value(conn, "SELECT to_regclass(%s) IS NOT NULL", t)]
+            if "pl_tracking" not in made:  # killed before it made its tables (they are made again)
+                continue
+            assert position(database_url) == 0 or lag(conn) == 0
+            conn.execute("TRUNCATE " + ", ".join(t for t in made if t != "pl_tracking"))
+            conn.execute("UPDATE pl_tracking SET notification_id = 0")
     # a projector with small pages, killed right after commits at different points (mid-page)
     for step in (700, 1_200, 1_300):
         target = position(database_url) + step
