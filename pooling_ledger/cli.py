@@ -914,7 +914,16 @@ def _seed_policy(settings: Settings) -> Any:
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="pooling-ledger")
+    try:
+        app(prog_name="pooling-ledger")
+    except RuntimeError as error:
+        # storage is imported here, not at the top: only the commands that use it import it
+        from storage.recorder import StoreNotPrepared
+
+        if not isinstance(error, StoreNotPrepared):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

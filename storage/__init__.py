@@ -11,7 +11,14 @@ It imports the domain (`ledger/`), never `consumers/` nor `projections/`.
 """
 
 from storage.chain import ChainReport, latest_link, verify_chain
-from storage.recorder import Lease, LedgerRecorder, ledger_recorder, open_ledger, postgres_env
+from storage.recorder import (
+    Lease,
+    LedgerRecorder,
+    StoreNotPrepared,
+    ledger_recorder,
+    open_ledger,
+    postgres_env,
+)
 from storage.retry import (
     DB_RETRY_MAX_S,
     TRANSIENT_DATABASE_ERRORS,
@@ -28,6 +35,7 @@ __all__ = [
     "Lease",
     "LedgerRecorder",
     "RetryStopped",
+    "StoreNotPrepared",
     "latest_link",
     "ledger_recorder",
     "open_ledger",

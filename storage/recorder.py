@@ -63,6 +63,19 @@ class SnapshotRecorder(PostgresAggregateRecorder):
 
 
 class LedgerRecorder(PostgresProcessRecorder):
+    def missing_tables(self) -> list[str]:
+        """The tables this recorder writes that the database does not have."""
+        names = [self.events_table_name, self.tracking_table_name, POSITIONS_TABLE, RELAY_MARKS_TABLE,
+                 self.chain.chain_table]
+        with self.datastore.get_connection() as conn:
+            found = conn.execute(
+                "SELECT name FROM unnest(%s::text[]) AS name"
+                " WHERE to_regclass(quote_ident(current_schema()) || '.' || quote_ident(name)) IS NOT NULL",
+                (names,),
+            ).fetchall()
+        present = {row["name"] for row in found}
+        return [name for name in names if name not in present]
+
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema, table = Identifier(self.datastore.schema), Identifier(self.events_table_name)
@@ -335,16 +348,31 @@ def postgres_env(database_url: str, create_tables: bool = True) -> dict[str, str
     }
 
 
+class StoreNotPrepared(RuntimeError):
+    """A role that may not create tables opened a store that lacks some this version writes."""
+
+
 def open_ledger(
     database_url: str, seed_policy: Policy | None = None, *, create_tables: bool = True
 ) -> Ledger:
     """The ledger on the PostgreSQL database at `database_url` (tables created if missing).
 
     `create_tables=False` opens it as found: an auditor must not repair (e.g. re-enable the
-    append-only triggers of) the store it is checking.
+    append-only triggers of) the store it is checking. A role that may not create tables (the
+    writer `prepare-db` makes) gets `StoreNotPrepared` when a table is missing (a store an older
+    version prepared), instead of every batch failing on it later.
     """
-    create_tables = create_tables and _may_create_tables(database_url)
-    return Ledger(env=postgres_env(database_url, create_tables), seed_policy=seed_policy)
+    may_create = _may_create_tables(database_url)
+    ledger = Ledger(env=postgres_env(database_url, create_tables and may_create), seed_policy=seed_policy)
+    if create_tables and not may_create:
+        missing = ledger_recorder(ledger).missing_tables()
+        if missing:
+            ledger.close()
+            raise StoreNotPrepared(
+                f"the database has no {', '.join(missing)} table, which this version writes, and this role"
+                " may not create it: run `pooling-ledger prepare-db` with the database owner's URL first"
+            )
+    return ledger
 
 
 def _may_create_tables(database_url: str) -> bool:

@@ -29,7 +29,7 @@ from pooling_ledger.database import prepare_database
 from pooling_ledger.embedded import EmbeddedPostgres, free_port
 from pooling_ledger.services import ServiceUnavailable, database_roles
 from pooling_ledger.settings import Settings
-from storage import open_ledger
+from storage import StoreNotPrepared, open_ledger
 from storage.roles import role_url, scram_verifier, without_password
 from tests.test_api import AUTH, Served, served  # noqa: F401 - the fixture
 from tests.test_projections import Feed, contribution, project
@@ -156,6 +156,29 @@ def test_the_writer_books_and_projects_and_the_reader_only_reads(database_url: s
         ).fetchone() == (12_345,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("INSERT INTO kafka_positions VALUES ('x', 't', 0, 1)")
+
+
+def test_the_writer_on_a_store_an_older_version_prepared_is_told_to_run_prepare_db(database_url: str) -> None:
+    """A store prepared before the hash chain (issue 10) has no ledger_chain, which the writer
+    may not create: it is refused when opened, naming the table and the command, not batch by
+    batch later."""
+    prepare_database(database_url, writer_password=WRITER_PASSWORD, reader_password=READER_PASSWORD)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("DROP TABLE ledger_chain")
+    writer_url = role_url(database_url, "pooling_ledger", WRITER_PASSWORD)
+    with pytest.raises(StoreNotPrepared, match="no ledger_chain table.*pooling-ledger prepare-db"):
+        open_ledger(writer_url)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pooling_ledger.cli", "project", "--until-caught-up"],
+        env={**os.environ, "DATABASE_URL": writer_url}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error: the database has no ledger_chain table" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    prepare_database(database_url, writer_password=WRITER_PASSWORD, reader_password=READER_PASSWORD)
+    open_ledger(writer_url).close()  # prepared again: the writer opens it
 
 
 def test_passwords_reach_postgresql_as_scram_verifiers_only() -> None:
