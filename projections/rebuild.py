@@ -27,10 +27,13 @@ from psycopg import sql
 
 from ledger.aggregates import Receipt
 from ledger.application import Ledger
+from projections.roles import READ_TABLES
 
 log = structlog.get_logger("projections")
 
 PAGE_SIZE = 10_000
+#: The read tables a rebuild fills (all but its position).
+_FILLED = tuple(t for t in READ_TABLES if t.startswith("pl_") and t != "pl_tracking")
 
 # The accepted fates, parsed once: the columns the tables need.
 _ACCEPTED = """
@@ -177,6 +180,10 @@ def rebuild_from_zero(conn: psycopg.Connection[Any], ledger: Ledger, projection:
                 page.events = []
                 page.write_others(cur)
                 cur.execute("UPDATE pl_tracking SET notification_id = %s WHERE projection = %s", (last, projection))
+                # The planner's statistics of the tables just filled: without them the read API's
+                # budgets took 90-150 ms instead of 3 ms until autovacuum came by. A role that does
+                # not own them gets a warning and no statistics (as before).
+                cur.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, _FILLED))))
     except psycopg.DataError as error:  # a stored state PostgreSQL does not read as JSON
         log.warning("projection_rebuild_abandoned", error=str(error), action="projecting page by page")
         return None

@@ -3,7 +3,8 @@
 - the writer (`pooling_ledger`): what consume, relay, project, serve and demo connect as. It owns
   nothing: SELECT, INSERT and UPDATE on the event table (UPDATE only because eventsourcing locks
   the table IN EXCLUSIVE MODE before inserting; the append-only triggers refuse every UPDATE),
-  USAGE on the sequences, and SELECT, INSERT, UPDATE, DELETE on the other tables. Not owning the
+  USAGE on the sequences, and SELECT, INSERT, UPDATE, DELETE on the other tables (and MAINTAIN on the
+  read tables, PostgreSQL 17 and later, to ANALYZE what it rebuilt). Not owning the
   event table, it can neither disable nor drop its triggers, nor drop the table; not a
   superuser, it cannot `SET session_replication_role = replica` to skip them.
 - the reader (`pooling_reader`): the read API's role, made by `projections.roles` with the
@@ -35,6 +36,10 @@ CHAIN_TABLE = "ledger_chain"
 CHAIN_TABLE_PRIVILEGES = "SELECT, INSERT"
 #: Privileges of the writer on every other table of the ledger's schema.
 TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
+#: The read tables (`projections`): the writer may also ANALYZE them (MAINTAIN, PostgreSQL 17 and
+#: later), which the projection rebuild does once it filled them, for the read API's plans.
+READ_TABLE_PREFIX = "pl_"
+MAINTAIN_SINCE = 170000
 ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 ROLES_LOCK = "pooling-ledger:roles"
 #: PostgreSQL's own default iteration count for SCRAM-SHA-256 verifiers.
@@ -102,9 +107,12 @@ def ensure_writer_role(admin_url: str, role: str = WRITER_ROLE, password: str | 
                     "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
                 ).fetchall()
             ]
+            maintain = conn.info.server_version >= MAINTAIN_SINCE
             for table in tables:
                 privileges = {EVENTS_TABLE: EVENTS_TABLE_PRIVILEGES, CHAIN_TABLE: CHAIN_TABLE_PRIVILEGES}.get(
                     table, TABLE_PRIVILEGES)
+                if maintain and table.startswith(READ_TABLE_PREFIX):
+                    privileges += ", MAINTAIN"
                 target = sql.SQL("{} TO {}").format(sql.Identifier(table), sql.Identifier(role))
                 conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(table), sql.Identifier(role)))
                 conn.execute(sql.SQL("GRANT " + privileges + " ON ") + target)

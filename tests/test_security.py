@@ -150,6 +150,9 @@ def test_the_writer_books_and_projects_and_the_reader_only_reads(database_url: s
     Feed(ledger).send([contribution("340100", "resident", 12_345, "2025-12-02T10:00:00+08:00")])
     assert project(writer_url, ledger) == 2  # the receipt and the fund's movement
     ledger.close()
+    with psycopg.connect(database_url) as admin:  # the writer analyzed the tables it rebuilt (MAINTAIN)
+        analyzed = admin.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'pl_postings'").fetchone()
+        assert analyzed is not None and analyzed[0] > 0
     with psycopg.connect(role_url(database_url, "pooling_reader", READER_PASSWORD)) as reader:
         assert reader.execute(
             "SELECT balance_fen FROM pl_account_balances WHERE account = 'city:340100:resident:pooling'"
