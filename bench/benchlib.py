@@ -237,9 +237,8 @@ def last_json(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- RSS
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of a process, its living descendants and the children it
-    has reaped (a postmaster's ended backends count)."""
+def _tree_total(pid: int, measure: Any) -> float:
+    """`measure(process)` summed over a process and its living descendants (those gone count 0)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -248,11 +247,16 @@ def cpu_seconds(pid: int) -> float:
     total = 0.0
     for p in procs:
         try:
-            t = p.cpu_times()
+            total += measure(p)
         except psutil.Error:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
+            pass
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process, its living descendants and the children they
+    have reaped (a postmaster's ended backends count)."""
+    return _tree_total(pid, lambda p: sum(p.cpu_times()[:4]))  # user, system, children's both
 
 
 class CpuMeter:
@@ -277,18 +281,7 @@ class RssSampler:
         self._thread.start()
 
     def sample(self) -> int:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        return int(_tree_total(self.pid, lambda p: p.memory_info().rss))
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
