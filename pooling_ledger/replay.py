@@ -18,6 +18,7 @@ another policy, and report instead of checking: `pooling_ledger/whatif.py`.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -148,11 +149,20 @@ def inbound_of(fate: Recorded, message_size_max_bytes: int) -> Inbound:
     elif payload is None and fate.topic == _REJECTED:
         raw = None  # a tombstone
     else:
-        raw = orjson.dumps(payload)
+        raw = _json_bytes(payload)
     source = fields.get("source")
     position = SourcePosition(source["topic"], source["partition"], source["offset"]) if source else None
     size_bytes = fields.get("raw_size_bytes") if raw_base64 is not None else None
     return Inbound.parse(raw, position, message_size_max_bytes, size_bytes=size_bytes)
+
+
+def _json_bytes(payload: Any) -> bytes:
+    """A kept payload as JSON again: orjson, or Python's json for what orjson refuses to write (a
+    rejected payload may hold an integer past 64 bits, or a lone surrogate, escaped as JSON wrote it)."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload).encode()
 
 
 def _decide_and_compare(fresh: InMemoryLedger, batch: list[tuple[Inbound, Recorded]], result: Replay) -> None:

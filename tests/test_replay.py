@@ -91,6 +91,25 @@ def test_replay_finds_a_stored_input_that_no_longer_gives_its_recorded_decision(
     assert any("recorded transfer" in d for d in result["differences"]), result
 
 
+def test_replay_decides_again_rejected_payloads_that_orjson_cannot_write(database_url: str) -> None:
+    """The chaos campaign's hostile input: integers past 64 bits (and a lone surrogate) in a
+    rejected payload are kept as JSON, and replay must write them again to decide them."""
+    ledger = open_ledger(database_url)
+    hostile = []
+    for amount in (2**63, 10**30, -(2**63) - 1):
+        message = contribution(amount_fen=1)
+        message["amount_fen"] = amount
+        hostile.append(json.dumps(message).encode())
+    hostile.append(json.dumps({**contribution(amount_fen=1), "source": "\ud800"}).encode())
+    outcomes = record_batch(ledger, [Inbound.parse(m, SourcePosition("t", 0, n)) for n, m in enumerate(hostile)])
+    assert [(o.status, o.reason) for o in outcomes] == [("rejected", "invalid_schema")] * 3 + [("rejected", "invalid_json")]
+    ledger.close()
+
+    returncode, report = run_replay(database_url)
+    assert returncode == 0, report
+    assert report["ok"] is True and report["decisions"] == 4
+
+
 def test_replay_and_verify_pass_on_a_history_of_every_event_type(database_url: str) -> None:
     """RULES revision 2 included: every one of the 14 event types, accepted and refused."""
     from schemas.events import EVENT_TYPES
