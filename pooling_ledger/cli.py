@@ -753,11 +753,8 @@ def _write_statement(
         if project:
             ledger = open_ledger(url, _seed_policy(settings))
             try:
-                projector = Projector(ledger, url)
-                try:
+                with Projector(ledger, url) as projector:
                     projector.run_until_caught_up()
-                finally:
-                    projector.close()
             finally:
                 ledger.close()
         with psycopg.connect(url) as conn:

@@ -126,9 +126,8 @@ def run_demo(
             "database_url": without_password(url),
             "kafka_bootstrap_servers": bootstrap,
         }
-        projector = Projector(ledger, url)
-        report["projected"] = projector.run_until_caught_up()
-        projector.close()
+        with Projector(ledger, url) as projector:
+            report["projected"] = projector.run_until_caught_up()
         ledger.close()
         if as_json:
             print(json.dumps(report, ensure_ascii=False, indent=2))
@@ -494,9 +493,8 @@ def run_province_demo(settings: Settings, sim: ProvinceSimulation, *, as_json: b
         if publisher.error is not None:
             raise RuntimeError("publishing the simulated province failed") from publisher.error
         flowed = time.monotonic() - flowing
-        projector = Projector(ledger, url)
-        projected = projector.run_until_caught_up()
-        projector.close()
+        with Projector(ledger, url) as projector:
+            projected = projector.run_until_caught_up()
         trial = fold((e for _, e in ledger.notifications(FUND_EVENT_TOPICS)))
         rejections = Counter(m.value["reason"] for m in read_topic(bootstrap, settings.rejections_topic))
         first, last = years

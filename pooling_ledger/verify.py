@@ -118,11 +118,8 @@ def verify(ledger: Ledger, database_url: str, expect: str | None = None, up_to: 
 def _catch_up(ledger: Ledger, database_url: str, result: Verification) -> bool:
     """Runs the projector until the read tables hold every recorded event; False if it fails."""
     try:
-        projector = Projector(ledger, database_url)
-        try:
+        with Projector(ledger, database_url) as projector:
             projector.run_until_caught_up()
-        finally:
-            projector.close()
     except Exception as error:  # noqa: BLE001 - a projector that cannot catch up fails the check
         result.check("projection_caught_up", False,
                      f"the projector failed while catching up: {type(error).__name__}: {error}")

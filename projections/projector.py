@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import structlog
@@ -349,6 +349,12 @@ class Projector:
         self.database_url = database_url
         self.conn = psycopg.connect(database_url)
         ensure_schema(self.conn)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def reconnect(self) -> None:
         """A new connection in place of one a PostgreSQL restart broke."""

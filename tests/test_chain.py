@@ -56,7 +56,8 @@ def book(database_url: str, *batches: Sequence[dict[str, Any]]) -> None:
     for events in batches:
         record_batch(ledger, inbound(events, first_offset=offset))
         offset += len(events)
-    Projector(ledger, database_url).run_until_caught_up()
+    with Projector(ledger, database_url) as projector:
+        projector.run_until_caught_up()
     ledger.close()
 
 

@@ -68,11 +68,8 @@ def ingest_province(database_url: str) -> None:
                 batch.append(Inbound.parse(encode(event)[1], SourcePosition("t", 0, offset)))
                 offset += 1
             record_batch(ledger, batch)
-        projector = Projector(ledger, database_url)
-        try:
+        with Projector(ledger, database_url) as projector:
             projector.run_until_caught_up()
-        finally:
-            projector.close()
     finally:
         ledger.close()
 

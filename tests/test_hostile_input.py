@@ -364,7 +364,8 @@ def test_replay_decides_empty_oversized_tombstone_and_unprocessable_messages_aga
 def test_verify_fails_when_the_projection_cannot_catch_up(database_url: str) -> None:
     ledger = open_ledger(database_url)
     record_batch(ledger, [Inbound.parse(_text(contribution(HEFEI, "resident", 100_000)), SourcePosition("t", 0, 0))])
-    Projector(ledger, database_url).run_until_caught_up()
+    with Projector(ledger, database_url) as projector:
+        projector.run_until_caught_up()
     assert verify(ledger, database_url).ok is True
 
     with psycopg.connect(database_url, autocommit=True) as conn:  # the read side breaks

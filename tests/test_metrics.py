@@ -83,9 +83,8 @@ def test_serve_metrics_report_projection_lag_and_rejections_by_reason(
     publish(kafka_bootstrap, topics["events"], [contribution(CITY, "resident", 100) for _ in range(3)])
     publish(kafka_bootstrap, topics["events"], [(CITY.encode(), b"{")] * 2)
     ledger, _ = run_pipeline(database_url, kafka_bootstrap, topics)
-    projector = Projector(ledger, database_url)
-    projector.run_until_caught_up()
-    projector.close()
+    with Projector(ledger, database_url) as projector:
+        projector.run_until_caught_up()
     ledger.close()
     ensure_reader_role(database_url)
     app = create_app(reader_url(database_url), TOKEN)

@@ -82,11 +82,8 @@ def reversal(original: dict[str, Any], at: str) -> dict[str, Any]:
 
 
 def project(database_url: str, ledger: Ledger, page_size: int = 5000, *, rebuild: bool = True) -> int:
-    projector = Projector(ledger, database_url, page_size=page_size, rebuild=rebuild)
-    try:
+    with Projector(ledger, database_url, page_size=page_size, rebuild=rebuild) as projector:
         return projector.run_until_caught_up()
-    finally:
-        projector.close()
 
 
 # -- the test's own bookkeeping ------------------------------------------------------------

@@ -286,11 +286,8 @@ def run(pg_server_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempP
                 found = ledger.receipt(event_id)
                 receipt_of[event_id] = None if found is None else (found.status, found.reason)
         trial = fold(e for _, e in ledger.notifications(FUND_EVENT_TOPICS))
-        projector = Projector(ledger, database_url, page_size=5000, rebuild=True)
-        try:
+        with Projector(ledger, database_url, page_size=5000, rebuild=True) as projector:
             projector.run_until_caught_up()
-        finally:
-            projector.close()
     finally:
         ledger.close()
     with psycopg.connect(database_url) as conn:

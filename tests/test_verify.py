@@ -33,7 +33,8 @@ def book(database_url: str, *events: dict[str, object]) -> None:
     record_batch(
         ledger, [Inbound.parse(json.dumps(e).encode(), SourcePosition("t", 0, i)) for i, e in enumerate(events)]
     )
-    Projector(ledger, database_url).run_until_caught_up()
+    with Projector(ledger, database_url) as projector:
+        projector.run_until_caught_up()
     ledger.close()
 
 
