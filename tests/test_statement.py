@@ -31,7 +31,7 @@ import pytest
 
 from pooling_ledger.embedded import create_database
 from projections.statement import YearTotal, annual_statement, yuan_text
-from tests import upstream
+from tests import statement_model, upstream
 from tests.test_projections import Feed, project
 
 HEFEI, WUHU = "340100", "340200"
@@ -167,72 +167,11 @@ def history(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # -- the test's own figures, from the journal ---------------------------------------------------------
 
 
-def effects(journal: list[dict[str, str]]) -> dict[tuple[int, str, str], int]:
-    """(fiscal year, fund account, category) -> net effect on the fund's balance, from the journal."""
-    out: dict[tuple[int, str, str], int] = defaultdict(int)
-    for row in journal:
-        year, amount, category = int(row["fiscal_year"]), int(row["amount_fen"]), row["category"]
-        for account, sign in ((row["credit_account"], 1), (row["debit_account"], -1)):
-            if account.startswith(("city:", "province:")):
-                out[(year, account, category)] += sign * amount
-    return out
-
-
 def expected_lines(
     journal: list[dict[str, str]], year: int, funds: set[str], consolidated: bool
 ) -> dict[str, int]:
     """The figure of every line of a statement of `funds` (accounts) in `year`, computed here."""
-    moved = effects(journal)
-    this = {(a, c): v for (y, a, c), v in moved.items() if y == year and a in funds}
-
-    def sum_of(test: Any) -> int:
-        return sum(v for (a, c), v in this.items() if test(a, c))
-
-    def category(name: str) -> int:
-        return sum_of(lambda a, c: c == name)
-
-    def province(account: str) -> bool:
-        return account.startswith("province:")
-
-    lines: dict[str, int] = {}
-    carried = sum(v for (y, a, _), v in moved.items() if y < year and a in funds)
-    lines["opening_balance.brought_forward"] = carried
-    lines["opening_balance.recorded"] = category("opening")
-    lines["opening_balance"] = carried + category("opening")
-    for group, names in (
-        ("income.contributions", [f"contribution.{k}" for k in ("employer", "individual", "medical_assistance")]),
-        ("income.subsidies", [f"subsidy.{k}" for k in ("central", "provincial", "city", "county")]),
-        ("income.other", [f"recovery.{k}" for k in ("fraud", "overpayment", "audit_adjustment")]),
-    ):
-        for name in names:
-            lines[name] = category(name)
-        lines[group] = sum(lines[name] for name in names)
-    lines["interest"] = category("interest")
-    benefits = [f"claim.{k}" for k in ("inpatient", "outpatient", "chronic_special", "maternity")]
-    for name in [*benefits, "premium.critical_illness"]:
-        lines[name] = -category(name)
-    lines["expenditure.benefits"] = sum(lines[name] for name in [*benefits, "premium.critical_illness"])
-    lines["allocation.received"] = sum_of(lambda a, c: c == "allocation" and not province(a))
-    lines["allocation.paid"] = -sum_of(lambda a, c: c == "allocation" and province(a))
-    lines["extraction.remitted"] = -sum_of(lambda a, c: c == "extraction" and not province(a))
-    lines["extraction.received"] = sum_of(lambda a, c: c == "extraction" and province(a))
-    income = lines["income.contributions"] + lines["income.subsidies"] + lines["interest"] + lines["income.other"]
-    expenditure = lines["expenditure.benefits"]
-    if consolidated:
-        lines["x6.extraction_net"] = lines["extraction.received"] - lines["extraction.remitted"]
-        lines["x6.allocation_net"] = lines["allocation.received"] - lines["allocation.paid"]
-    else:
-        income += lines["allocation.received"] + lines["extraction.received"]
-        expenditure += lines["extraction.remitted"] + lines["allocation.paid"]
-    lines["income.total"], lines["expenditure.total"] = income, expenditure
-    lines["surplus"] = income - expenditure
-    prefix = "prior_year_adjustment."
-    for (_, c), v in this.items():
-        if c.startswith(prefix):
-            lines[c] = lines.get(c, 0) + v
-    lines["prior_year_adjustment"] = sum_of(lambda a, c: c.startswith(prefix))
-    lines["closing_balance"] = carried + sum(this.values())
-    return lines
+    return statement_model.expected_lines(statement_model.effects(journal), year, funds, consolidated)
 
 
 def funds_of(statement: dict[str, Any], journal: list[dict[str, str]]) -> set[str]:
